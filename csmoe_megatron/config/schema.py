@@ -1,0 +1,138 @@
+"""The typed sections of one experiment. Every YAML key maps to a field here.
+
+Defaults describe a small model that trains on CPU; the YAML files in configs/ override them.
+This module imports nothing from the rest of the package or megatron-core.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+
+@dataclass
+class CompeteSMoEConfig:
+    """CompeteSMoE hyperparameters (see docs: alpha, beta, gamma, omega, A_max)."""
+
+    rate: float = 0.07  # omega: per-layer probability of a competition step after warm-up
+    warmup_fraction: float = 0.02  # no competition during this fraction of training steps
+    max_compete_per_step: int = 2  # A_max: at most this many MoE layers compete in one step
+    router_theta: float = 0.1  # alpha: weight of the winners term of the distillation loss
+    router_loss_coef: float = 0.01  # beta: weight of the router distillation loss
+    diversity_coef: float = 0.005  # gamma: cosine diversity among the K winners
+    balance_coef: float = 0.01  # balance loss on the competition assignment
+    gate_norm: str = "sum"  # "sum": s_i / sum s_j over winners; "sigmoid": sigmoid-normalised
+    token_chunk: int = 0  # >0: compute competition affinities in chunks of this many tokens
+
+
+@dataclass
+class MoEConfig:
+    num_experts: int = 4
+    top_k: int = 2
+    ffn_hidden_size: int = 128  # per-expert hidden size (moe_ffn_hidden_size)
+    layer_freq: int = 1  # every n-th layer is MoE (1: all layers)
+    router: str = "competesmoe"  # "competesmoe" or "topk" (megatron-core's native router)
+    token_dispatcher: str = "alltoall"  # "alltoall" or "allgather"
+    aux_loss_coeff: float = 0.01  # switch-style load balancing on router steps
+    z_loss_coeff: Optional[float] = None
+    capacity_factor: Optional[float] = None  # None: dropless
+    pad_to_capacity: bool = False
+    grouped_gemm: bool = False  # grouped-GEMM experts (GPU); SequentialMLP otherwise
+    competesmoe: CompeteSMoEConfig = field(default_factory=CompeteSMoEConfig)
+
+
+@dataclass
+class ModelConfig:
+    num_layers: int = 2
+    hidden_size: int = 64
+    num_attention_heads: int = 4
+    num_query_groups: Optional[int] = None  # GQA groups; None: = num_attention_heads
+    ffn_hidden_size: int = 256  # dense (non-MoE) layers
+    seq_length: int = 128
+    vocab_size: Optional[int] = None  # None: taken from the tokenizer (padded for TP)
+    make_vocab_size_divisible_by: int = 128
+    position_embedding_type: str = "rope"  # "rope" or "learned_absolute"
+    rotary_base: int = 10000
+    untie_embeddings: bool = False
+    normalization: str = "RMSNorm"  # "RMSNorm" or "LayerNorm"
+    activation: str = "swiglu"  # "swiglu" or "gelu"
+    init_method_std: float = 0.02
+    hidden_dropout: float = 0.0
+    attention_dropout: float = 0.0
+    moe: MoEConfig = field(default_factory=MoEConfig)
+
+
+@dataclass
+class ParallelConfig:
+    tensor: int = 1
+    pipeline: int = 1
+    virtual_pipeline: Optional[int] = None  # model chunks per pipeline rank (interleaved 1F1B)
+    expert: int = 1
+    expert_tensor: Optional[int] = None  # None: = tensor
+    context: int = 1
+    sequence_parallel: bool = False
+    distributed_optimizer: bool = False
+    backend: str = "auto"  # "auto": nccl with CUDA, gloo without
+
+
+@dataclass
+class TrainConfig:
+    global_batch_size: int = 8
+    micro_batch_size: int = 2
+    steps: Optional[int] = 100  # optimizer steps; or set `tokens`
+    tokens: Optional[int] = None  # total training tokens (steps = tokens / (gbs * seq_length))
+    lr: float = 3e-3
+    min_lr: float = 3e-4
+    lr_warmup_steps: int = 10
+    lr_decay: str = "cosine"  # "cosine", "linear" or "constant"
+    weight_decay: float = 0.1
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.95
+    adam_eps: float = 1e-8
+    clip_grad: float = 1.0
+    precision: str = "fp32"  # "fp32", "bf16" or "fp16"
+    seed: int = 1234
+    eval_interval: int = 50  # 0: no periodic evaluation
+    eval_iters: int = 4
+    on_nan: str = "stop"  # "stop" or "skip" when the loss or gradient is not finite
+
+
+@dataclass
+class DataConfig:
+    source: str = "default"  # "default" (embedded corpus), "indexed" (prefixes) or "mock"
+    prefixes: list = field(default_factory=list)  # [prefix, ...] or [weight, prefix, ...]
+    split: str = "969,30,1"  # train,valid,test weights
+    tokenizer: Optional[str] = None  # SentencePiece tokenizer dir (from csmoe-tokenizer train)
+    cache_dir: Optional[str] = None  # dataset index cache; default: <run.dir>/data_cache
+
+
+@dataclass
+class LoggingConfig:
+    interval: int = 1  # console / metrics.jsonl / TensorBoard every n steps
+    tensorboard: bool = True
+    routing_images_interval: int = 0  # >0: expert-load / agreement heatmaps every n steps
+
+
+@dataclass
+class CheckpointConfig:
+    save_interval: int = 0  # 0: only at the end
+    resume: bool = True  # resume from <run.dir>/checkpoints/latest when present
+    keep_last: int = 2  # older checkpoints are removed (only ones this run family wrote)
+    save_at_end: bool = True
+
+
+@dataclass
+class RunConfig:
+    dir: str = "runs/default"
+    name: Optional[str] = None
+
+
+@dataclass
+class ExperimentConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    run: RunConfig = field(default_factory=RunConfig)

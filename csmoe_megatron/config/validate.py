@@ -1,0 +1,143 @@
+"""Checks that run before any process group exists, so a bad config costs seconds, not a job.
+
+Every message names the key(s) and the fix.
+"""
+
+from __future__ import annotations
+
+from .load import ConfigError
+from .schema import ExperimentConfig
+
+_CHOICES = {
+    "model.position_embedding_type": ("rope", "learned_absolute"),
+    "model.normalization": ("RMSNorm", "LayerNorm"),
+    "model.activation": ("swiglu", "gelu"),
+    "model.moe.router": ("competesmoe", "topk"),
+    "model.moe.token_dispatcher": ("alltoall", "allgather"),
+    "model.moe.competesmoe.gate_norm": ("sum", "sigmoid"),
+    "parallel.backend": ("auto", "nccl", "gloo"),
+    "train.lr_decay": ("cosine", "linear", "constant"),
+    "train.precision": ("fp32", "bf16", "fp16"),
+    "train.on_nan": ("stop", "skip"),
+    "data.source": ("default", "indexed", "mock"),
+}
+
+
+def _get(cfg, dotted: str):
+    node = cfg
+    for part in dotted.split("."):
+        node = getattr(node, part)
+    return node
+
+
+def _require(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ConfigError(msg)
+
+
+def data_parallel_size(cfg: ExperimentConfig, world_size: int) -> int:
+    p = cfg.parallel
+    return world_size // (p.tensor * p.pipeline * p.context)
+
+
+def validate(cfg: ExperimentConfig, world_size: int = 1) -> None:
+    """Raise ConfigError on the first problem found; `world_size` is the number of ranks."""
+    for key, choices in _CHOICES.items():
+        value = _get(cfg, key)
+        _require(value in choices, f"{key} is {value!r}; choose one of {', '.join(map(repr, choices))}")
+
+    m, moe, p, t = cfg.model, cfg.model.moe, cfg.parallel, cfg.train
+    for key in ("model.num_layers", "model.hidden_size", "model.num_attention_heads",
+                "model.ffn_hidden_size", "model.seq_length", "model.moe.num_experts",
+                "model.moe.top_k", "model.moe.ffn_hidden_size", "model.moe.layer_freq",
+                "parallel.tensor", "parallel.pipeline", "parallel.expert", "parallel.context",
+                "train.global_batch_size", "train.micro_batch_size", "logging.interval"):
+        _require(_get(cfg, key) >= 1, f"{key} must be >= 1, got {_get(cfg, key)}")
+
+    _require(moe.top_k <= moe.num_experts,
+             f"model.moe.top_k ({moe.top_k}) exceeds model.moe.num_experts ({moe.num_experts})")
+    _require(m.hidden_size % m.num_attention_heads == 0,
+             f"model.hidden_size ({m.hidden_size}) must be divisible by model.num_attention_heads "
+             f"({m.num_attention_heads})")
+    groups = m.num_query_groups or m.num_attention_heads
+    _require(m.num_attention_heads % groups == 0,
+             f"model.num_attention_heads ({m.num_attention_heads}) must be divisible by "
+             f"model.num_query_groups ({groups})")
+    c = moe.competesmoe
+    _require(0.0 <= c.rate <= 1.0, f"model.moe.competesmoe.rate must be in [0, 1], got {c.rate}")
+    _require(0.0 <= c.warmup_fraction < 1.0,
+             f"model.moe.competesmoe.warmup_fraction must be in [0, 1), got {c.warmup_fraction}")
+
+    # Parallel layout.
+    model_parallel = p.tensor * p.pipeline * p.context
+    _require(world_size % model_parallel == 0,
+             f"world size {world_size} is not divisible by parallel.tensor*pipeline*context = "
+             f"{p.tensor}*{p.pipeline}*{p.context}; launch a multiple of {model_parallel} processes "
+             f"or change the parallel section")
+    dp = world_size // model_parallel
+    etp = p.expert_tensor or p.tensor
+    _require(world_size % (etp * p.expert * p.pipeline) == 0,
+             f"world size {world_size} is not divisible by parallel.expert_tensor*expert*pipeline = "
+             f"{etp}*{p.expert}*{p.pipeline}; adjust parallel.expert / parallel.expert_tensor")
+    _require(moe.num_experts % p.expert == 0,
+             f"model.moe.num_experts ({moe.num_experts}) must be divisible by parallel.expert "
+             f"({p.expert})")
+    _require(m.num_attention_heads % p.tensor == 0,
+             f"model.num_attention_heads ({m.num_attention_heads}) must be divisible by "
+             f"parallel.tensor ({p.tensor})")
+    _require(groups % p.tensor == 0,
+             f"model.num_query_groups ({groups}) must be divisible by parallel.tensor ({p.tensor})")
+    _require(m.ffn_hidden_size % p.tensor == 0 and moe.ffn_hidden_size % etp == 0,
+             f"model.ffn_hidden_size ({m.ffn_hidden_size}) must be divisible by parallel.tensor "
+             f"({p.tensor}) and model.moe.ffn_hidden_size ({moe.ffn_hidden_size}) by "
+             f"parallel.expert_tensor ({etp})")
+    layers_per_stage = m.num_layers // p.pipeline
+    _require(m.num_layers % p.pipeline == 0,
+             f"model.num_layers ({m.num_layers}) must be divisible by parallel.pipeline ({p.pipeline})")
+    if p.virtual_pipeline is not None:
+        _require(p.pipeline > 1, "parallel.virtual_pipeline needs parallel.pipeline > 1")
+        _require(layers_per_stage % p.virtual_pipeline == 0,
+                 f"layers per pipeline stage ({layers_per_stage}) must be divisible by "
+                 f"parallel.virtual_pipeline ({p.virtual_pipeline})")
+    if p.tensor > 1 and moe.num_experts > 0:
+        _require(p.sequence_parallel,
+                 "parallel.tensor > 1 with MoE requires parallel.sequence_parallel=true "
+                 "(megatron-core's MoE layers need sequence-parallel inputs)")
+    if p.sequence_parallel:
+        _require(p.tensor > 1, "parallel.sequence_parallel needs parallel.tensor > 1")
+        _require(m.seq_length % p.tensor == 0,
+                 f"model.seq_length ({m.seq_length}) must be divisible by parallel.tensor ({p.tensor}) "
+                 f"with sequence parallelism")
+    _require(p.context == 1, "parallel.context > 1 is not supported yet; set parallel.context=1")
+
+    # Batch arithmetic.
+    _require(t.global_batch_size % (t.micro_batch_size * dp) == 0,
+             f"train.global_batch_size ({t.global_batch_size}) must be divisible by "
+             f"train.micro_batch_size * data-parallel size = {t.micro_batch_size} * {dp}")
+    if p.pipeline > 1 and p.virtual_pipeline:
+        micro = t.global_batch_size // (t.micro_batch_size * dp)
+        _require(micro % p.pipeline == 0,
+                 f"interleaved pipelining needs the number of micro-batches ({micro}) to be a "
+                 f"multiple of parallel.pipeline ({p.pipeline}); raise train.global_batch_size")
+    _require((t.steps is None) != (t.tokens is None),
+             "set exactly one of train.steps and train.tokens (the other to null)")
+    _require(total_steps(cfg) >= 1, "train.steps / train.tokens give zero optimizer steps")
+    _require(t.lr_warmup_steps >= 0, "train.lr_warmup_steps must be >= 0")
+    _require(t.min_lr <= t.lr, f"train.min_lr ({t.min_lr}) must not exceed train.lr ({t.lr})")
+    if t.precision == "fp16":
+        raise ConfigError("train.precision=fp16 is not supported; use bf16 (GPU) or fp32")
+
+    if cfg.data.source == "indexed":
+        _require(len(cfg.data.prefixes) > 0, "data.source=indexed needs data.prefixes "
+                 "(output prefixes of `csmoe-tokenizer encode`)")
+        _require(cfg.data.tokenizer is not None, "data.source=indexed needs data.tokenizer (the "
+                 "directory written by `csmoe-tokenizer train`)")
+    if cfg.data.source == "mock":
+        _require(m.vocab_size is not None, "data.source=mock needs model.vocab_size")
+
+
+def total_steps(cfg: ExperimentConfig) -> int:
+    t = cfg.train
+    if t.steps is not None:
+        return t.steps
+    return t.tokens // (t.global_batch_size * cfg.model.seq_length)

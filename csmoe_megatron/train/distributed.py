@@ -1,0 +1,71 @@
+"""Process groups: torch.distributed + megatron-core's parallel_state, from the config."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import socket
+
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state
+from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
+
+from .. import compat
+from ..config.schema import ExperimentConfig
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch_world_size() -> int:
+    """Ranks in this launch, known before any process group exists (torchrun sets WORLD_SIZE)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def init_distributed(cfg: ExperimentConfig, timeout_s: float = 600.0) -> None:
+    """Create the default group and megatron's model-parallel groups; seed every RNG stream.
+
+    A single process started without torchrun gets a one-rank group on a free local port.
+    """
+    cpu = compat.install()
+    backend = cfg.parallel.backend
+    if backend == "auto":
+        backend = "gloo" if cpu else "nccl"
+    if backend == "nccl" and cpu:
+        raise RuntimeError("parallel.backend=nccl needs CUDA, and none is available: "
+                           "use parallel.backend=auto or gloo on CPU")
+    if "RANK" not in os.environ:
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
+                          MASTER_PORT=str(_free_port()))
+    if not cpu:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend,
+                                timeout=datetime.timedelta(seconds=timeout_s))
+    p = cfg.parallel
+    parallel_state.initialize_model_parallel(
+        tensor_model_parallel_size=p.tensor,
+        pipeline_model_parallel_size=p.pipeline,
+        virtual_pipeline_model_parallel_size=p.virtual_pipeline,
+        context_parallel_size=p.context,
+        expert_model_parallel_size=p.expert,
+        expert_tensor_parallel_size=p.expert_tensor or p.tensor,
+    )
+    torch.manual_seed(cfg.train.seed)
+    model_parallel_cuda_manual_seed(cfg.train.seed, force_reset_rng=True)
+
+
+def destroy_distributed() -> None:
+    if parallel_state.model_parallel_is_initialized():
+        parallel_state.destroy_model_parallel()
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def is_logging_rank() -> bool:
+    """The last pipeline stage holds the loss; its first DP/TP rank logs for everyone."""
+    return dist.get_rank() == dist.get_world_size() - 1 if dist.is_initialized() else True
