@@ -2,6 +2,7 @@
 
 * all_to_all_single: megatron passes split sizes as tensors (`maybe_move_tensor_to_cpu` only
   converts CUDA tensors); gloo wants Python lists.
+* all_reduce with ReduceOp.AVG (megatron's aux-loss logging): gloo has no AVG; SUM then divide.
 * all_gather / reduce_scatter with tensors of different sizes (expert-tensor parallelism with
   uneven token counts): gloo needs equal sizes, so pad each part to the largest, run the equal
   collective, and slice. Exact, because padding rows are never read back.
@@ -71,6 +72,18 @@ def _wrap_reduce_scatter(orig):
     return reduce_scatter
 
 
+def _wrap_all_reduce(orig):
+    @functools.wraps(orig)
+    def all_reduce(tensor, op=dist.ReduceOp.SUM, group=None, async_op=False):
+        if op != dist.ReduceOp.AVG:
+            return orig(tensor, op=op, group=group, async_op=async_op)
+        work = orig(tensor, op=dist.ReduceOp.SUM, group=group, async_op=False)
+        tensor.div_(dist.get_world_size(group))
+        return _DoneWork() if async_op else work
+
+    return all_reduce
+
+
 class _DoneWork:
     """What an async collective returns once the (synchronous) fallback has already run."""
 
@@ -86,6 +99,7 @@ def install() -> None:
         return
     for name, wrap in (("all_to_all_single", _wrap_all_to_all_single),
                        ("all_gather", _wrap_all_gather),
+                       ("all_reduce", _wrap_all_reduce),
                        ("reduce_scatter", _wrap_reduce_scatter)):
         wrapped = wrap(getattr(dist, name))
         wrapped._csmoe_wrapped = True

@@ -95,6 +95,7 @@ class TrainConfig:
     eval_interval: int = 50  # 0: no periodic evaluation
     eval_iters: int = 4
     on_nan: str = "stop"  # "stop" or "skip" when the loss or gradient is not finite
+    exit_after_steps: Optional[int] = None  # save and exit after this many steps of this launch
 
 
 @dataclass

@@ -122,7 +122,9 @@ def validate(cfg: ExperimentConfig, world_size: int = 1) -> None:
     _require((t.steps is None) != (t.tokens is None),
              "set exactly one of train.steps and train.tokens (the other to null)")
     _require(total_steps(cfg) >= 1, "train.steps / train.tokens give zero optimizer steps")
-    _require(t.lr_warmup_steps >= 0, "train.lr_warmup_steps must be >= 0")
+    _require(0 <= t.lr_warmup_steps < total_steps(cfg),
+             f"train.lr_warmup_steps ({t.lr_warmup_steps}) must be >= 0 and smaller than the "
+             f"number of training steps ({total_steps(cfg)})")
     _require(t.min_lr <= t.lr, f"train.min_lr ({t.min_lr}) must not exceed train.lr ({t.lr})")
     if t.precision == "fp16":
         raise ConfigError("train.precision=fp16 is not supported; use bf16 (GPU) or fp32")

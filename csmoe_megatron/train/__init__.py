@@ -1,0 +1,1 @@
+"""Training: process groups, the loop, checkpointing, logging."""

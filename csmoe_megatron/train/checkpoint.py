@@ -1,0 +1,137 @@
+"""Save and resume with megatron-core dist_checkpointing, atomically.
+
+Layout under <run.dir>/checkpoints/:
+  iter_0000100/     a complete checkpoint (model, optimizer, scheduler, progress, RNG)
+  latest            text file naming the newest complete checkpoint (replaced atomically)
+A save writes into iter_N.partial/ and is renamed to iter_N/ only after every rank finished,
+then `latest` is replaced: a crash at any moment leaves the previous checkpoint untouched and
+never named as latest. Old checkpoints beyond keep_last are removed; nothing else is touched.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from megatron.core import dist_checkpointing
+
+# Distributed-optimizer state in the canonical per-parameter layout: resumable on another DP size.
+_CKPT_METADATA = {"distrib_optim_sharding_type": "fully_reshardable"}
+_ITER_RE = re.compile(r"^iter_(\d{7})$")
+LATEST = "latest"
+
+
+def _unwrap(chunk):
+    # DDP's own sharded_state_dict prefixes "module."; the unwrapped model's keys load back.
+    return getattr(chunk, "module", chunk)
+
+
+def _model_state(model_chunks: list) -> dict:
+    model_chunks = [_unwrap(m) for m in model_chunks]
+    if len(model_chunks) == 1:
+        return {"model": model_chunks[0].sharded_state_dict()}
+    return {f"model{i}": m.sharded_state_dict() for i, m in enumerate(model_chunks)}
+
+
+def _sharded_state(model_chunks, optimizer, is_loading: bool) -> dict:
+    state = _model_state(model_chunks)
+    # The nested {"model0": ..., "model1": ...} dict: chunks' local key names overlap.
+    state["optimizer"] = optimizer.sharded_state_dict(dict(state), is_loading=is_loading,
+                                                      metadata=_CKPT_METADATA)
+    return state
+
+
+def _rng_state() -> dict:
+    state = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
+
+    state["tracker"] = get_cuda_rng_tracker().get_states()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+    from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
+
+    get_cuda_rng_tracker().set_states(state["tracker"])
+
+
+def latest_checkpoint(ckpt_root: Path) -> Path | None:
+    """The checkpoint named by `latest`, if it is complete; None when there is none.
+
+    A `latest` naming a missing directory is a damaged checkpoint directory: refuse clearly.
+    """
+    marker = ckpt_root / LATEST
+    if not marker.is_file():
+        return None
+    name = marker.read_text().strip()
+    path = ckpt_root / name
+    if not _ITER_RE.match(name) or not (path / "progress.pt").is_file():
+        raise RuntimeError(f"{marker} names {name!r}, which is not a complete checkpoint; "
+                           f"point it at a complete iter_NNNNNNN directory or remove it to "
+                           f"start from scratch")
+    return path
+
+
+def save_checkpoint(ckpt_root: Path, step: int, model_chunks, optimizer, scheduler,
+                    progress: dict, keep_last: int) -> Path:
+    """Collective: every rank calls it. Returns the final checkpoint path."""
+    rank = dist.get_rank()
+    final = ckpt_root / f"iter_{step:07d}"
+    partial = ckpt_root / f"iter_{step:07d}.partial"
+    if rank == 0:
+        ckpt_root.mkdir(parents=True, exist_ok=True)
+        if partial.exists():  # left by a crashed save: never a complete checkpoint
+            shutil.rmtree(partial)
+        partial.mkdir()
+    dist.barrier()
+    state = _sharded_state(model_chunks, optimizer, is_loading=False)
+    dist_checkpointing.save(state, str(partial))
+    # Non-sharded state: scheduler and progress are identical on all ranks; RNG is per rank.
+    torch.save(_rng_state(), partial / f"rng_rank{rank:05d}.pt")
+    dist.barrier()
+    if rank == 0:
+        torch.save({"scheduler": scheduler.state_dict(), **progress}, partial / "progress.pt")
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(partial, final)
+        tmp = ckpt_root / (LATEST + ".tmp")
+        tmp.write_text(final.name + "\n")
+        os.replace(tmp, ckpt_root / LATEST)
+        _prune(ckpt_root, keep_last)
+    dist.barrier()
+    return final
+
+
+def load_checkpoint(path: Path, model_chunks, optimizer, scheduler) -> dict:
+    """Collective. Restores model, optimizer, scheduler and RNG; returns the progress dict."""
+    state = _sharded_state(model_chunks, optimizer, is_loading=True)
+    loaded = dist_checkpointing.load(state, str(path))
+    if len(model_chunks) == 1:
+        _unwrap(model_chunks[0]).load_state_dict(loaded["model"])
+    else:
+        for i, m in enumerate(model_chunks):
+            _unwrap(m).load_state_dict(loaded[f"model{i}"])
+    optimizer.load_state_dict(loaded["optimizer"])
+    progress = torch.load(path / "progress.pt", weights_only=False)
+    scheduler.load_state_dict(progress.pop("scheduler"))
+    rng_file = path / f"rng_rank{dist.get_rank():05d}.pt"
+    if rng_file.is_file():  # absent when resuming on a different number of ranks
+        _set_rng_state(torch.load(rng_file, weights_only=False))
+    return progress
+
+
+def _prune(ckpt_root: Path, keep_last: int) -> None:
+    if keep_last <= 0:
+        return
+    done = sorted(p for p in ckpt_root.iterdir() if p.is_dir() and _ITER_RE.match(p.name))
+    for old in done[:-keep_last]:
+        shutil.rmtree(old)

@@ -1,0 +1,261 @@
+"""The training loop: read it top to bottom to follow one run.
+
+config -> process groups -> data -> model (DDP) -> optimizer -> resume -> for each step:
+[CompeteSMoE step context] -> megatron forward/backward schedule -> NaN guard -> optimizer
+step -> log (console, metrics.jsonl, TensorBoard) -> eval -> checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state
+from megatron.core.distributed import DistributedDataParallel, finalize_model_grads
+from megatron.core.pipeline_parallel import get_forward_backward_func
+
+from .. import compat
+from ..config import save_config, total_steps, validate
+from ..config.megatron import ddp_config, transformer_config
+from ..config.schema import ExperimentConfig
+from ..data import MicroBatchIterator
+from ..model import build_model_chunks, padded_vocab_size
+from . import checkpoint as ckpt
+from .data_setup import build_run_datasets, copy_tokenizer_to_run, resolve_tokenizer_and_prefixes
+from .distributed import destroy_distributed, init_distributed, is_logging_rank, launch_world_size
+from .flops import flops_per_token, peak_tflops
+from .logger import RunLogger
+from .moe_logging import pop_moe_metrics
+from .step import forward_step
+
+
+class TrainingStopped(RuntimeError):
+    """Training stopped on purpose (non-finite loss with train.on_nan=stop)."""
+
+
+def run_training(cfg: ExperimentConfig) -> dict:
+    """Validate, set up process groups, train, tear down. Returns the last metrics."""
+    validate(cfg, launch_world_size())
+    init_distributed(cfg)
+    try:
+        return _train(cfg)
+    finally:
+        destroy_distributed()
+
+
+def _wrap_ddp(cfg, tconfig, chunks):
+    return [DistributedDataParallel(config=tconfig, ddp_config=ddp_config(cfg), module=chunk,
+                                    disable_bucketing=(i > 0))
+            for i, chunk in enumerate(chunks)]
+
+
+def _train(cfg: ExperimentConfig) -> dict:
+    rank = dist.get_rank()
+    run_dir = Path(cfg.run.dir)
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+    dist.barrier()
+    steps = total_steps(cfg)
+    t = cfg.train
+    dp_rank = parallel_state.get_data_parallel_rank()
+    dp_size = parallel_state.get_data_parallel_world_size()
+    num_micro = t.global_batch_size // (t.micro_batch_size * dp_size)
+    log = RunLogger(run_dir, is_logging_rank(), cfg.logging.tensorboard, steps)
+
+    # Data.
+    tokenizer, prefixes, tokenizer_dir = resolve_tokenizer_and_prefixes(cfg)
+    copy_tokenizer_to_run(tokenizer_dir, run_dir)
+    vocab = cfg.model.vocab_size or padded_vocab_size(tokenizer.vocab_size, cfg)
+    if vocab < tokenizer.vocab_size:
+        raise ValueError(f"model.vocab_size ({vocab}) is smaller than the tokenizer's vocabulary "
+                         f"({tokenizer.vocab_size}); remove model.vocab_size to size it from the "
+                         f"tokenizer")
+    train_ds, valid_ds, _ = build_run_datasets(cfg, tokenizer, prefixes, steps, run_dir)
+
+    # Model, optimizer.
+    tconfig = transformer_config(cfg, use_cpu=compat.is_installed())
+    chunks = _wrap_ddp(cfg, tconfig, build_model_chunks(cfg, tconfig, vocab))
+    tconfig.no_sync_func = [c.no_sync for c in chunks] if len(chunks) > 1 else chunks[0].no_sync
+    tconfig.finalize_model_grads_func = finalize_model_grads
+    from .optim import build_optimizer
+
+    optimizer, scheduler = build_optimizer(cfg, chunks, steps)
+
+    # Resume.
+    step, consumed = 0, 0
+    ckpt_root = run_dir / "checkpoints"
+    latest = ckpt.latest_checkpoint(ckpt_root) if cfg.checkpoint.resume else None
+    if latest is not None:
+        progress = ckpt.load_checkpoint(latest, chunks, optimizer, scheduler)
+        step, consumed = progress["step"], progress["consumed_samples"]
+        log.info(f"resumed from {latest} at step {step}")
+
+    from ..moe import context as moe_context  # TODO(lead): top-level once moe.context lands
+
+    moe_context.configure_run(seed=t.seed, total_steps=steps,
+                              num_moe_layers=_num_moe_layers(cfg))
+    train_iters = [MicroBatchIterator(train_ds, t.micro_batch_size, dp_rank, dp_size, consumed)
+                   for _ in chunks]
+    fwd_bwd = get_forward_backward_func()
+    tokens_per_step = t.global_batch_size * cfg.model.seq_length
+    model_flops = flops_per_token(cfg, vocab) * tokens_per_step
+    peak = peak_tflops()
+    stop_signal = _StopSignal()
+    n_params = sum(p.numel() for c in chunks for p in c.parameters())
+    log.info(f"run {run_dir}: {steps} steps, world {dist.get_world_size()}, dp {dp_size}, "
+             f"{num_micro} micro-batches/step, {n_params:,} parameters on the logging rank")
+
+    metrics: dict = {}
+    first_step = step
+    while step < steps:
+        start = time.time()
+        moe_context.set_step(step)
+        for chunk in chunks:
+            chunk.train()
+            chunk.zero_grad_buffer()
+        optimizer.zero_grad()
+        losses = fwd_bwd(forward_step_func=forward_step,
+                         data_iterator=train_iters if len(chunks) > 1 else train_iters[0],
+                         model=chunks if len(chunks) > 1 else chunks[0],
+                         num_microbatches=num_micro, seq_length=cfg.model.seq_length,
+                         micro_batch_size=t.micro_batch_size, forward_only=False)
+        loss = _reduce_loss(losses)
+        if not _all_finite(loss, chunks):
+            if t.on_nan == "stop":
+                raise TrainingStopped(
+                    f"non-finite loss or gradient at step {step + 1}; stopping without saving, "
+                    f"the last good checkpoint in {ckpt_root} is kept. Lower train.lr, check the "
+                    f"data, or set train.on_nan=skip to skip such steps")
+            log.info(f"step {step + 1}: non-finite loss or gradient, step skipped (train.on_nan=skip)")
+            metrics_skip = {"skipped_step": 1.0}
+            step += 1
+            scheduler.step(increment=t.global_batch_size)
+            log.log_step(step, {**metrics_skip, "lr": scheduler.get_lr(optimizer.param_groups[0])})
+            continue
+        ok, grad_norm, _ = optimizer.step()
+        scheduler.step(increment=t.global_batch_size)
+        step += 1
+        elapsed = time.time() - start
+        metrics = {"loss": loss, "lr": optimizer.param_groups[0]["lr"],
+                   "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
+                   "tokens_per_s": tokens_per_step / elapsed, "step_time_s": elapsed,
+                   "consumed_samples": train_iters[0].consumed_samples}
+        if peak is not None:
+            metrics["tflops"] = model_flops / elapsed / dist.get_world_size() / 1e12
+            metrics["mfu"] = metrics["tflops"] / peak
+        metrics.update(pop_moe_metrics(num_micro, log, step, cfg.logging.routing_images_interval))
+        if t.eval_interval > 0 and (step % t.eval_interval == 0 or step == steps):
+            metrics.update(evaluate(cfg, chunks, valid_ds, dp_rank, dp_size, num_micro, fwd_bwd))
+        if step % cfg.logging.interval == 0 or step == steps or "val_loss" in metrics:
+            log.log_step(step, metrics)
+        stop_now = stop_signal.agreed() or (
+            t.exit_after_steps is not None and step - first_step >= t.exit_after_steps)
+        interval = cfg.checkpoint.save_interval
+        if (interval > 0 and step % interval == 0) or stop_now or (
+                step == steps and cfg.checkpoint.save_at_end):
+            ckpt.save_checkpoint(ckpt_root, step, chunks, optimizer, scheduler,
+                                 {"step": step, "consumed_samples": train_iters[0].consumed_samples},
+                                 cfg.checkpoint.keep_last)
+            log.info(f"saved checkpoint at step {step}")
+        if stop_now:
+            log.info(f"stopping early (signal or train.exit_after_steps): checkpoint saved at "
+                     f"step {step}; rerun the same command to resume")
+            break
+    log.close()
+    return metrics
+
+
+def evaluate(cfg, chunks, valid_ds, dp_rank, dp_size, num_micro, fwd_bwd) -> dict:
+    """Loss and perplexity on the first eval_iters global batches of the validation split
+    (the same samples every time, so evaluations are comparable). Never competes: eval mode."""
+    t = cfg.train
+    for chunk in chunks:
+        chunk.eval()
+    total = torch.zeros(2)
+    with torch.no_grad():
+        iters = [MicroBatchIterator(valid_ds, t.micro_batch_size, dp_rank, dp_size, 0)
+                 for _ in chunks]
+        for _ in range(t.eval_iters):
+            losses = fwd_bwd(forward_step_func=forward_step,
+                             data_iterator=iters if len(chunks) > 1 else iters[0],
+                             model=chunks if len(chunks) > 1 else chunks[0],
+                             num_microbatches=num_micro, seq_length=cfg.model.seq_length,
+                             micro_batch_size=t.micro_batch_size, forward_only=True)
+            total += _sum_reports(losses)
+    for chunk in chunks:
+        chunk.train()
+    _clear_moe_tracker()
+    loss = _global_mean(total)
+    return {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0))}
+
+
+def _sum_reports(losses) -> torch.Tensor:
+    total = torch.zeros(2)
+    for item in losses or []:
+        total += item["lm loss"].detach().float().cpu()
+    return total
+
+
+def _global_mean(total: torch.Tensor) -> float:
+    """Sum (loss, tokens) over DP on the last stage, then share it with every rank."""
+    total = total.to(_device())
+    dist.all_reduce(total, group=parallel_state.get_data_parallel_group())
+    # Only last-stage ranks hold the loss; a MAX over the pipeline group hands it to all stages.
+    if parallel_state.get_pipeline_model_parallel_world_size() > 1:
+        dist.all_reduce(total, op=dist.ReduceOp.MAX,
+                        group=parallel_state.get_pipeline_model_parallel_group())
+    return (total[0] / total[1].clamp(min=1)).item()
+
+
+def _reduce_loss(losses) -> float:
+    return _global_mean(_sum_reports(losses))
+
+
+def _all_finite(loss: float, chunks) -> bool:
+    bad = 0.0 if math.isfinite(loss) else 1.0
+    for chunk in chunks:
+        for p in chunk.parameters():
+            g = getattr(p, "main_grad", None)
+            if g is not None and not torch.isfinite(g).all():
+                bad = 1.0
+                break
+    flag = torch.tensor([bad], device=_device())
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return flag.item() == 0.0
+
+
+def _clear_moe_tracker() -> None:
+    from megatron.core.transformer.moe.moe_utils import clear_aux_losses_tracker
+
+    clear_aux_losses_tracker()
+
+
+def _num_moe_layers(cfg: ExperimentConfig) -> int:
+    return sum(1 for i in range(cfg.model.num_layers) if i % cfg.model.moe.layer_freq == 0)
+
+
+def _device():
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+class _StopSignal:
+    """SIGUSR1 (SLURM's pre-timeout warning) or SIGTERM: save a checkpoint and exit cleanly.
+    Ranks receive signals at different times, so the decision is agreed by an all-reduce."""
+
+    def __init__(self):
+        self.received = False
+        for sig in (signal.SIGUSR1, signal.SIGTERM):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        self.received = True
+
+    def agreed(self) -> bool:
+        flag = torch.tensor([1.0 if self.received else 0.0], device=_device())
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return flag.item() > 0
