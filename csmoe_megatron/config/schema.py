@@ -57,6 +57,7 @@ class ModelConfig:
     normalization: str = "RMSNorm"  # "RMSNorm" or "LayerNorm"
     activation: str = "swiglu"  # "swiglu" or "gelu"
     init_method_std: float = 0.02
+    layout_invariant_init: bool = True  # same weights for a seed whatever the parallel layout
     hidden_dropout: float = 0.0
     attention_dropout: float = 0.0
     moe: MoEConfig = field(default_factory=MoEConfig)

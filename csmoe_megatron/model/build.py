@@ -7,6 +7,7 @@ from megatron.core import parallel_state
 from megatron.core.models.gpt import GPTModel
 
 from ..config.schema import ExperimentConfig
+from .init import init_layout_invariant
 from .spec import decoder_block_spec
 
 
@@ -37,4 +38,6 @@ def build_model_chunks(cfg: ExperimentConfig, tconfig, vocab_size: int) -> list[
             vp_stage=stage,
         )
         chunks.append(model)
+    if cfg.model.layout_invariant_init:
+        init_layout_invariant(chunks, cfg.train.seed, cfg.model.init_method_std, cfg.model.num_layers)
     return chunks

@@ -46,4 +46,6 @@ def decoder_block_spec(cfg: ExperimentConfig, tconfig, vp_stage=None, pp_rank=No
             from ..moe.layer import CompeteSMoELayer
 
             sub.mlp.module = CompeteSMoELayer
+            # The layer's CompeteSMoE hyperparameters travel as a ModuleSpec param.
+            sub.mlp.params = {**(sub.mlp.params or {}), "competesmoe": cfg.model.moe.competesmoe}
     return block
