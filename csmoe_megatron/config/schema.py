@@ -74,6 +74,9 @@ class ParallelConfig:
     sequence_parallel: bool = False
     distributed_optimizer: bool = False
     backend: str = "auto"  # "auto": nccl with CUDA, gloo without
+    # A collective that waits longer than this (dead or hung peer) raises, so the job exits
+    # instead of hanging until the scheduler kills it.
+    collective_timeout_s: float = 600.0
 
 
 @dataclass
@@ -97,6 +100,9 @@ class TrainConfig:
     eval_iters: int = 4
     on_nan: str = "stop"  # "stop" or "skip" when the loss or gradient is not finite
     exit_after_steps: Optional[int] = None  # save and exit after this many steps of this launch
+    # Fault injection for tests: rank 0 writes NaN into a gradient at this step (1-based),
+    # exercising the on_nan path for real. Leave null in experiments.
+    debug_inject_nan_at_step: Optional[int] = None
 
 
 @dataclass

@@ -109,6 +109,8 @@ def validate(cfg: ExperimentConfig, world_size: int = 1) -> None:
                  f"model.seq_length ({m.seq_length}) must be divisible by parallel.tensor ({p.tensor}) "
                  f"with sequence parallelism")
     _require(p.context == 1, "parallel.context > 1 is not supported yet; set parallel.context=1")
+    _require(p.collective_timeout_s > 0,
+             f"parallel.collective_timeout_s must be > 0 seconds, got {p.collective_timeout_s}")
 
     # Batch arithmetic.
     _require(t.global_batch_size % (t.micro_batch_size * dp) == 0,
@@ -126,6 +128,9 @@ def validate(cfg: ExperimentConfig, world_size: int = 1) -> None:
              f"train.lr_warmup_steps ({t.lr_warmup_steps}) must be >= 0 and smaller than the "
              f"number of training steps ({total_steps(cfg)})")
     _require(t.min_lr <= t.lr, f"train.min_lr ({t.min_lr}) must not exceed train.lr ({t.lr})")
+    _require(t.debug_inject_nan_at_step is None or t.debug_inject_nan_at_step >= 1,
+             f"train.debug_inject_nan_at_step must be null or >= 1, got "
+             f"{t.debug_inject_nan_at_step}")
     if t.precision == "fp16":
         raise ConfigError("train.precision=fp16 is not supported; use bf16 (GPU) or fp32")
 

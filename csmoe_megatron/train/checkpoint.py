@@ -19,8 +19,9 @@ import torch
 import torch.distributed as dist
 from megatron.core import dist_checkpointing
 
-# Distributed-optimizer state in the canonical per-parameter layout: resumable on another DP size.
-_CKPT_METADATA = {"distrib_optim_sharding_type": "fully_reshardable"}
+# Distributed-optimizer state as megatron-LM saves it by default: parallel, no gathering; it
+# reshards across TP/PP/EP but keeps the DP size (what a restarted job has).
+_CKPT_METADATA = {"distrib_optim_sharding_type": "dp_reshardable"}
 _ITER_RE = re.compile(r"^iter_(\d{7})$")
 LATEST = "latest"
 
@@ -111,8 +112,38 @@ def save_checkpoint(ckpt_root: Path, step: int, model_chunks, optimizer, schedul
     return final
 
 
+def _materialise_optimizer_state(optimizer) -> None:
+    """Without Apex/TE, megatron's DistributedOptimizer.state_dict() needs Adam state to exist
+    (it reads each param's 'step'), which torch creates only at the first step. Use megatron's
+    own dummy-step initialiser; the loaded checkpoint then overwrites params and state."""
+    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
+
+    for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
+        if isinstance(opt, DistributedOptimizer) and len(opt.optimizer.state) == 0:
+            opt._init_optimizer_states_with_dummy_values()
+
+
+def _restore_adam_step(optimizer) -> None:
+    """torch.optim.Adam keeps its step count per parameter; megatron's DistributedOptimizer
+    (without Apex/TE) restores it only into param_groups["step"], leaving the per-parameter
+    count at the dummy step's 1, which changes bias correction after a resume. Copy it back."""
+    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
+
+    for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
+        if not isinstance(opt, DistributedOptimizer):
+            continue
+        for group in opt.optimizer.param_groups:
+            if "step" not in group:
+                continue
+            for param in group["params"]:
+                state = opt.optimizer.state.get(param)
+                if state and "step" in state:
+                    state["step"] = torch.tensor(float(group["step"]), dtype=state["step"].dtype)
+
+
 def load_checkpoint(path: Path, model_chunks, optimizer, scheduler) -> dict:
     """Collective. Restores model, optimizer, scheduler and RNG; returns the progress dict."""
+    _materialise_optimizer_state(optimizer)
     state = _sharded_state(model_chunks, optimizer, is_loading=True)
     loaded = dist_checkpointing.load(state, str(path))
     if len(model_chunks) == 1:
@@ -120,7 +151,9 @@ def load_checkpoint(path: Path, model_chunks, optimizer, scheduler) -> dict:
     else:
         for i, m in enumerate(model_chunks):
             _unwrap(m).load_state_dict(loaded[f"model{i}"])
-    optimizer.load_state_dict(loaded["optimizer"])
+    with torch.no_grad():  # fp32 DistributedOptimizer copies into views of leaf params
+        optimizer.load_state_dict(loaded["optimizer"])
+    _restore_adam_step(optimizer)
     progress = torch.load(path / "progress.pt", weights_only=False)
     scheduler.load_state_dict(progress.pop("scheduler"))
     rng_file = path / f"rng_rank{dist.get_rank():05d}.pt"

@@ -26,7 +26,7 @@ def launch_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def init_distributed(cfg: ExperimentConfig, timeout_s: float = 600.0) -> None:
+def init_distributed(cfg: ExperimentConfig, timeout_s: float | None = None) -> None:
     """Create the default group and megatron's model-parallel groups; seed every RNG stream.
 
     A single process started without torchrun gets a one-rank group on a free local port.
@@ -45,7 +45,8 @@ def init_distributed(cfg: ExperimentConfig, timeout_s: float = 600.0) -> None:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     if not dist.is_initialized():
         dist.init_process_group(backend=backend,
-                                timeout=datetime.timedelta(seconds=timeout_s))
+                                timeout=datetime.timedelta(
+                                    seconds=timeout_s or cfg.parallel.collective_timeout_s))
     p = cfg.parallel
     parallel_state.initialize_model_parallel(
         tensor_model_parallel_size=p.tensor,

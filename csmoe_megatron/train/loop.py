@@ -24,12 +24,14 @@ from ..config.megatron import ddp_config, transformer_config
 from ..config.schema import ExperimentConfig
 from ..data import MicroBatchIterator
 from ..model import build_model_chunks, padded_vocab_size
+from ..moe import context as moe_context
 from . import checkpoint as ckpt
 from .data_setup import build_run_datasets, copy_tokenizer_to_run, resolve_tokenizer_and_prefixes
 from .distributed import destroy_distributed, init_distributed, is_logging_rank, launch_world_size
 from .flops import flops_per_token, peak_tflops
 from .logger import RunLogger
-from .moe_logging import pop_moe_metrics
+from .moe_logging import MoEMetricsLogger
+from .run_info import record_launch
 from .step import forward_step
 
 
@@ -59,6 +61,7 @@ def _train(cfg: ExperimentConfig) -> dict:
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
+        record_launch(run_dir)
     dist.barrier()
     steps = total_steps(cfg)
     t = cfg.train
@@ -95,10 +98,10 @@ def _train(cfg: ExperimentConfig) -> dict:
         step, consumed = progress["step"], progress["consumed_samples"]
         log.info(f"resumed from {latest} at step {step}")
 
-    from ..moe import context as moe_context  # TODO(lead): top-level once moe.context lands
-
     moe_context.configure_run(seed=t.seed, total_steps=steps,
                               num_moe_layers=_num_moe_layers(cfg))
+    moe_log = MoEMetricsLogger(run_dir, log, cfg.logging.routing_images_interval,
+                               _num_moe_layers(cfg))
     train_iters = [MicroBatchIterator(train_ds, t.micro_batch_size, dp_rank, dp_size, consumed)
                    for _ in chunks]
     fwd_bwd = get_forward_backward_func()
@@ -125,6 +128,8 @@ def _train(cfg: ExperimentConfig) -> dict:
                          num_microbatches=num_micro, seq_length=cfg.model.seq_length,
                          micro_batch_size=t.micro_batch_size, forward_only=False)
         loss = _reduce_loss(losses)
+        if t.debug_inject_nan_at_step == step + 1:
+            _inject_nan_gradient(chunks)
         if not _all_finite(loss, chunks):
             if t.on_nan == "stop":
                 raise TrainingStopped(
@@ -148,7 +153,7 @@ def _train(cfg: ExperimentConfig) -> dict:
         if peak is not None:
             metrics["tflops"] = model_flops / elapsed / dist.get_world_size() / 1e12
             metrics["mfu"] = metrics["tflops"] / peak
-        metrics.update(pop_moe_metrics(num_micro, log, step, cfg.logging.routing_images_interval))
+        metrics.update(moe_log.pop(num_micro, step))
         if t.eval_interval > 0 and (step % t.eval_interval == 0 or step == steps):
             metrics.update(evaluate(cfg, chunks, valid_ds, dp_rank, dp_size, num_micro, fwd_bwd))
         if step % cfg.logging.interval == 0 or step == steps or "val_loss" in metrics:
@@ -227,6 +232,17 @@ def _all_finite(loss: float, chunks) -> bool:
     flag = torch.tensor([bad], device=_device())
     dist.all_reduce(flag, op=dist.ReduceOp.MAX)
     return flag.item() == 0.0
+
+
+def _inject_nan_gradient(chunks) -> None:
+    """Fault injection (train.debug_inject_nan_at_step): one rank's gradient goes NaN, so the
+    cross-rank agreement in _all_finite is exercised too."""
+    if dist.get_rank() != 0:
+        return
+    for p in chunks[0].parameters():
+        if getattr(p, "main_grad", None) is not None:
+            p.main_grad.fill_(float("nan"))
+            return
 
 
 def _clear_moe_tracker() -> None:

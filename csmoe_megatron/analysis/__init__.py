@@ -1,0 +1,1 @@
+"""Pictures of routing: expert-load and router-competition agreement heatmaps."""

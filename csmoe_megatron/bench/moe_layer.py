@@ -1,0 +1,231 @@
+"""Benchmark of one CompeteSMoE layer (`csmoe-bench moe-layer`).
+
+(a) router-step time of CompeteSMoELayer vs megatron-core's own MoELayer, same config and
+    weights (forward + backward, min of --iters after --warmup);
+(b) competition-step vs router-step time, against the E/K expert-compute cost model;
+(c) all-to-all volume per token in the forward (hidden-size rows through megatron's
+    all_to_all, dispatch + combine, counted by wrapping the dispatcher's all_to_all; with EP=1 megatron skips the collective, the count
+    is what would cross ranks at EP=E) vs the theoretical minimum (spec §6);
+(d) activation memory of each step: bytes of the unique tensors saved for backward
+    (torch.autograd.graph.saved_tensors_hooks), which is what a step holds at its peak
+    between forward and backward; exact and device-independent, unlike RSS on CPU.
+Single process (EP=1) by default; under torchrun it uses parallel.expert = world size.
+Prints a table, then one JSON object as the last line (--json: the JSON line only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import torch
+
+
+def _parse(argv):
+    p = argparse.ArgumentParser(prog="csmoe-bench moe-layer", description=__doc__.split("\n")[0])
+    p.add_argument("--experts", type=int, default=8)
+    p.add_argument("--top-k", type=int, default=2)
+    p.add_argument("--hidden", type=int, default=128)
+    p.add_argument("--ffn", type=int, default=256)
+    p.add_argument("--tokens", type=int, default=512, help="tokens per rank (seq x batch)")
+    p.add_argument("--iters", type=int, default=7)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--dispatcher", default="alltoall", choices=["alltoall", "allgather"])
+    p.add_argument("--json", action="store_true", help="print only the JSON line")
+    return p.parse_args(argv)
+
+
+def _init_parallel(expert: int):
+    import torch.distributed as dist
+    from megatron.core import parallel_state
+    from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
+
+    from .. import compat
+
+    compat.install()
+    if not dist.is_initialized():
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", "29611")
+        os.environ.setdefault("RANK", "0")
+        os.environ.setdefault("WORLD_SIZE", "1")
+        dist.init_process_group("gloo" if not torch.cuda.is_available() else "nccl")
+    if not parallel_state.model_parallel_is_initialized():
+        parallel_state.initialize_model_parallel(expert_model_parallel_size=expert)
+    torch.manual_seed(0)
+    model_parallel_cuda_manual_seed(0, force_reset_rng=True)
+
+
+def _config(args, expert: int):
+    import torch.nn.functional as F
+    from megatron.core.transformer.transformer_config import TransformerConfig
+
+    return TransformerConfig(
+        num_layers=1, hidden_size=args.hidden, num_attention_heads=4, ffn_hidden_size=args.ffn,
+        moe_ffn_hidden_size=args.ffn, num_moe_experts=args.experts, moe_router_topk=args.top_k,
+        expert_model_parallel_size=expert, add_bias_linear=False, gated_linear_unit=True,
+        activation_func=F.silu, moe_router_load_balancing_type="aux_loss",
+        moe_aux_loss_coeff=0.01, moe_token_dispatcher_type=args.dispatcher,
+        moe_router_dtype="fp32", moe_permute_fusion=False, bias_activation_fusion=False,
+        gradient_accumulation_fusion=False, use_cpu_initialization=True)
+
+
+def _layers(config):
+    from megatron.core.models.gpt.moe_module_specs import get_moe_module_spec
+    from megatron.core.transformer.moe.moe_layer import MoELayer
+    from megatron.core.transformer.spec_utils import build_module
+
+    from ..moe.layer import CompeteSMoELayer
+
+    spec = get_moe_module_spec(use_te=False, num_experts=config.num_moe_experts)
+    native = build_module(spec, config=config)
+    native.set_layer_number(1)
+    spec.module = CompeteSMoELayer
+    ours = build_module(spec, config=config)
+    ours.set_layer_number(1)
+    ours.load_state_dict(native.state_dict(), strict=False)
+    return native.train(), ours.train()
+
+
+class _A2ACounter:
+    """Counts elements through the dispatcher's all_to_all (wrapping the imported name)."""
+
+    def __init__(self):
+        from megatron.core.transformer.moe import token_dispatcher
+
+        self.module, self.elements = token_dispatcher, 0
+        self.original = token_dispatcher.all_to_all
+
+    def __enter__(self):
+        def counting(group, tensor, *rest):
+            self.elements += tensor.numel()
+            return self.original(group, tensor, *rest)
+
+        self.module.all_to_all = counting
+        return self
+
+    def __exit__(self, *exc):
+        self.module.all_to_all = self.original
+
+
+def _step(layer, x, upstream):
+    hidden = x.clone().requires_grad_(True)
+    out, _ = layer(hidden)
+    out.backward(upstream)
+
+
+def _saved_bytes(layer, x, upstream) -> int:
+    seen: dict[int, int] = {}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        seen[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        hidden = x.clone().requires_grad_(True)
+        out, _ = layer(hidden)
+    out.backward(upstream)
+    return sum(seen.values())
+
+
+def _time(layer, x, upstream, args) -> float:
+    for _ in range(args.warmup):
+        _step(layer, x, upstream)
+    times = []
+    for _ in range(args.iters):
+        start = time.perf_counter()
+        _step(layer, x, upstream)
+        times.append(time.perf_counter() - start)
+    return min(times)  # min, not median: the CPU is shared and interference only adds time
+
+
+def measure(args) -> dict:
+    import torch.distributed as dist
+
+    from ..moe import context, metrics
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    _init_parallel(world)
+    config = _config(args, world)
+    native, ours = _layers(config)
+    gen = torch.Generator().manual_seed(dist.get_rank())
+    x = torch.randn(args.tokens, 1, args.hidden, generator=gen)
+    upstream = torch.randn(args.tokens, 1, args.hidden, generator=gen)
+    E, K, H, T = args.experts, args.top_k, args.hidden, args.tokens
+    result = {"experts": E, "top_k": K, "hidden": H, "ffn": args.ffn, "tokens_per_rank": T,
+              "ep": world, "dispatcher": args.dispatcher, "device": "cpu" if not
+              torch.cuda.is_available() else torch.cuda.get_device_name()}
+    context.force_competition(False)
+    result["native_router_step_s"] = _time(native, x, upstream, args)
+    result["router_step_s"] = _time(ours, x, upstream, args)
+    metrics.enabled = False
+    result["router_step_no_metrics_s"] = _time(ours, x, upstream, args)
+    metrics.enabled = True
+    with _A2ACounter() as count:
+        _step(ours, x, upstream)
+    result["router_a2a_rows_per_token"] = count.elements / H / T
+    result["router_saved_bytes"] = _saved_bytes(ours, x, upstream)
+    result["native_saved_bytes"] = _saved_bytes(native, x, upstream)
+    context.force_competition(True)
+    try:
+        result["competition_step_s"] = _time(ours, x, upstream, args)
+        with _A2ACounter() as count:
+            _step(ours, x, upstream)
+        result["competition_a2a_rows_per_token"] = count.elements / H / T
+        result["competition_saved_bytes"] = _saved_bytes(ours, x, upstream)
+    finally:
+        context.force_competition(None)
+    metrics.reset()
+    result["router_overhead_vs_native"] = result["router_step_s"] / result["native_router_step_s"]
+    result["competition_over_router"] = result["competition_step_s"] / result["router_step_s"]
+    result["cost_model_E_over_K"] = E / K
+    # Minimum rows of H per token (dispatch + combine), spec §6: router K + K; competition:
+    # every expert must see the token (E rows, or one per EP rank if replicated on arrival),
+    # back only E scalars (E/H rows) and the K winners' outputs.
+    result["router_a2a_min_rows_per_token"] = 2 * K
+    result["competition_a2a_min_rows_per_token"] = E + E / H + K
+    result["memory_method"] = "bytes of unique storages saved for backward (saved_tensors_hooks)"
+    result["a2a_method"] = ("forward elements (tokens and probs) through megatron's all_to_all "
+                            "/ hidden / tokens; the backward mirrors it; counted even when EP=1 "
+                            "skips the collective")
+    return result
+
+
+def _table(r: dict) -> str:
+    rows = [
+        ("router step, megatron MoELayer", f"{r['native_router_step_s'] * 1e3:.1f} ms"),
+        ("router step, CompeteSMoELayer", f"{r['router_step_s'] * 1e3:.1f} ms "
+         f"(x{r['router_overhead_vs_native']:.2f}; no metrics "
+         f"{r['router_step_no_metrics_s'] * 1e3:.1f} ms)"),
+        ("competition step", f"{r['competition_step_s'] * 1e3:.1f} ms "
+         f"(x{r['competition_over_router']:.2f} of router; E/K = {r['cost_model_E_over_K']:.1f})"),
+        ("a2a rows/token router (min)", f"{r['router_a2a_rows_per_token']:.2f} "
+         f"({r['router_a2a_min_rows_per_token']:.2f})"),
+        ("a2a rows/token competition (min)", f"{r['competition_a2a_rows_per_token']:.2f} "
+         f"({r['competition_a2a_min_rows_per_token']:.2f})"),
+        ("saved activations native/router/competition",
+         f"{r['native_saved_bytes'] / 2**20:.2f} / {r['router_saved_bytes'] / 2**20:.2f} / "
+         f"{r['competition_saved_bytes'] / 2**20:.2f} MiB"),
+    ]
+    width = max(len(name) for name, _ in rows)
+    head = (f"MoE layer bench: E={r['experts']} K={r['top_k']} H={r['hidden']} F={r['ffn']} "
+            f"T={r['tokens_per_rank']}/rank EP={r['ep']} {r['dispatcher']} on {r['device']}")
+    return "\n".join([head] + [f"  {name.ljust(width)}  {value}" for name, value in rows])
+
+
+def main(argv=None) -> int:
+    args = _parse(argv)
+    result = measure(args)
+    import torch.distributed as dist
+
+    if dist.get_rank() == 0:
+        if not args.json:
+            print(_table(result))
+        print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

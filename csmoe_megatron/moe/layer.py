@@ -1,0 +1,207 @@
+"""CompeteSMoELayer: megatron-core's MoELayer with scheduled competition steps (spec §1-§3).
+
+* Router steps (most training steps, all of evaluation): MoELayer.forward unchanged, with the
+  CompeteSMoERouter (megatron's TopKRouter plus a routing-map observer for load metrics).
+* Competition steps (training only, when context.competes says so for this layer's global MoE
+  index): every expert runs on every token through the normal dispatcher in dense mode; the
+  per-(token, expert) outputs come back to the source rank through the combine (the simple
+  version: full E x H rows return; see dispatch.py), where affinities, winners, gates, the
+  output and the losses are computed. The router only gets the distillation loss.
+
+Losses are attached to the layer output with MoEAuxLossAutoScaler, so they are scaled like
+megatron's own aux loss (the schedule sets its scale to the main loss's 1/num_microbatches;
+DDP averages over DP). Per-token means are divided by the TP x CP size, as megatron does for
+its z-loss: with sequence/context parallelism each TP/CP rank holds a shard of the tokens and
+the shards' losses add up to the mean over the whole micro-batch. The competition balance loss
+uses megatron's switch loss with expert counts all-reduced over TP x CP, as its router does.
+All three are logged per layer through save_to_aux_losses_tracker (unweighted, like megatron
+logs load_balancing_loss): competesmoe_distillation_loss, competesmoe_diversity_loss,
+competesmoe_balance_loss.
+
+Configuration: the CompeteSMoEConfig arrives as the `competesmoe` ModuleSpec param (see
+model/spec.py); defaults apply when a layer is built without it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import torch
+from megatron.core.transformer.moe.moe_layer import MoELayer, MoESubmodules
+from megatron.core.transformer.moe.moe_utils import (
+    MoEAuxLossAutoScaler,
+    get_default_pg_collection,
+    save_to_aux_losses_tracker,
+    switch_load_balancing_loss_func,
+)
+from megatron.core.transformer.moe.router import TopKRouter
+from megatron.core.tensor_parallel import reduce_from_tensor_model_parallel_region
+
+from ..config.schema import CompeteSMoEConfig
+from . import context, metrics
+from .affinity import gates_from_affinity, neural_response
+from .dispatch import build_dispatcher, unit_routing
+from .losses import diversity_loss, router_distillation_loss, routing_agreement
+from .router import CompeteSMoERouter
+
+LOSS_NAMES = ("competesmoe_distillation_loss", "competesmoe_diversity_loss",
+              "competesmoe_balance_loss")
+
+
+def check_layer_config(config, cs: CompeteSMoEConfig) -> None:
+    problems = []
+    if config.moe_shared_expert_intermediate_size is not None:
+        problems.append("shared experts are not supported on competition steps")
+    if config.moe_latent_size:
+        problems.append("MoE latent projections are not supported on competition steps")
+    if config.moe_token_dispatcher_type not in ("alltoall", "allgather"):
+        problems.append(f"dispatcher {config.moe_token_dispatcher_type!r} (use alltoall or "
+                        "allgather)")
+    if cs.gate_norm not in ("sum", "sigmoid"):
+        problems.append(f"gate_norm must be 'sum' or 'sigmoid', got {cs.gate_norm!r}")
+    if cs.token_chunk < 0:
+        problems.append("token_chunk must be >= 0")
+    if problems:
+        raise ValueError("CompeteSMoELayer: " + "; ".join(problems))
+
+
+class CompeteSMoELayer(MoELayer):
+    def __init__(self, config, submodules: Optional[MoESubmodules] = None,
+                 layer_number: Optional[int] = None, pg_collection=None,
+                 competesmoe: Optional[CompeteSMoEConfig] = None):
+        cs = competesmoe if competesmoe is not None else CompeteSMoEConfig()
+        check_layer_config(config, cs)
+        if pg_collection is None:
+            # TransformerLayer passes pg_collection only when the spec's module *is* MoELayer
+            # (an equality test, not isinstance), so a subclass arrives without one. Build the
+            # same collection megatron would from parallel_state, explicitly, so the router,
+            # dispatcher and experts use the EP/TP/expert-TP groups the model was set up with.
+            pg_collection = get_default_pg_collection()
+        if submodules.router is TopKRouter:
+            submodules = dataclasses.replace(submodules, router=CompeteSMoERouter)
+        elif not issubclass(submodules.router, CompeteSMoERouter):
+            raise ValueError("CompeteSMoELayer needs a CompeteSMoERouter")
+        super().__init__(config=config, submodules=submodules, layer_number=layer_number,
+                         pg_collection=pg_collection)
+        self.competesmoe = cs
+        self.moe_pg_collection = pg_collection
+        # MoELayer builds its dispatcher from the config name; replace it by the same class
+        # with a dense (competition) mode.
+        self.token_dispatcher = build_dispatcher(self.num_local_experts,
+                                                 self.local_expert_indices, self.config,
+                                                 pg_collection)
+        self.router.routing_map_observer = self._observe_router_step
+        self.moe_layer_index: Optional[int] = None
+        if layer_number is not None:
+            self.set_layer_number(layer_number)
+
+    def set_layer_number(self, layer_number: int):
+        super().set_layer_number(layer_number)
+        self.moe_layer_index = context.moe_layer_index(self.config, layer_number)
+        self._register_loss_trackers()
+
+    def _register_loss_trackers(self) -> None:
+        # Megatron's tracker reduction iterates over the names present on each rank; create
+        # ours up front so every rank holding a CompeteSMoE layer has them even before (or
+        # without) a competition step, and their collectives match.
+        zero = torch.zeros((), device=self.router.weight.device)
+        for name in LOSS_NAMES:
+            save_to_aux_losses_tracker(name, zero, self.layer_number, self._tracker_layers(),
+                                       reduce_group=self.moe_pg_collection.tp_cp)
+
+    def _tracker_layers(self) -> int:
+        return self.config.num_layers + (self.config.mtp_num_layers or 0)
+
+    def competes_now(self) -> bool:
+        if not self.training or self.moe_layer_index is None:
+            return False
+        return context.competes(self.moe_layer_index, self.competesmoe)
+
+    def forward(self, hidden_states: torch.Tensor, intermediate_tensors=None,
+                padding_mask: Optional[torch.Tensor] = None):
+        if intermediate_tensors is None and self.competes_now():
+            return self.competition_forward(hidden_states, padding_mask)
+        return super().forward(hidden_states, intermediate_tensors, padding_mask)
+
+    def _observe_router_step(self, routing_map: torch.Tensor) -> None:
+        if self.moe_layer_index is not None:
+            metrics.record_router_step(self.moe_layer_index, routing_map)
+
+    # ---- competition step -------------------------------------------------------------
+
+    def dense_expert_outputs(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """g_i(x) for every (token, expert): [T, E, H], through megatron's dispatcher."""
+        num_tokens = hidden_states.numel() // hidden_states.shape[-1]
+        probs, routing_map = unit_routing(num_tokens, self.config.num_moe_experts,
+                                          self.router.weight)
+        dispatcher = self.token_dispatcher
+        with dispatcher.dense_mode():
+            tokens, probs = dispatcher.dispatch_preprocess(hidden_states, routing_map, probs)
+            tokens, probs = dispatcher.token_dispatch(tokens, probs)
+            output, _ = self.routed_experts_compute(tokens, probs)
+            output = dispatcher.token_combine(output)
+            return dispatcher.combine_postprocess(output)
+
+    def competition_forward(self, hidden_states: torch.Tensor,
+                            padding_mask: Optional[torch.Tensor] = None):
+        if self.attn_tp_group.size() > 1 and not self.config.sequence_parallel:
+            raise ValueError("MoE with tensor parallelism needs sequence parallelism in training")
+        top_k, cs = self.config.moe_router_topk, self.competesmoe
+        logits = self.router.competition_logits(hidden_states)  # [T, E]
+        pairs = self.dense_expert_outputs(hidden_states)  # [T, E, H]
+        affinity = self._affinity(pairs)  # [T, E], >= fp32
+        gates, winners_mask, topk_idx = gates_from_affinity(affinity, top_k, cs.gate_norm)
+        hidden = pairs.shape[-1]
+        winner_outs = torch.gather(pairs, 1, topk_idx.unsqueeze(-1).expand(-1, -1, hidden))
+        top_gates = torch.gather(gates, 1, topk_idx).to(winner_outs.dtype)
+        output = (top_gates.unsqueeze(-1) * winner_outs).sum(dim=1)  # [T, H]
+
+        valid = None
+        if padding_mask is not None:  # [B, S], True = padding (megatron's router convention)
+            valid = ~padding_mask.transpose(0, 1).reshape(-1).bool()
+        if torch.is_grad_enabled():
+            output = self._attach_losses(output, logits, affinity, winners_mask, winner_outs,
+                                         valid)
+        keep = slice(None) if valid is None else valid
+        metrics.record_competition_step(
+            self.moe_layer_index, winners_mask[keep], affinity[keep],
+            routing_agreement(logits[keep], winners_mask[keep], top_k))
+        return output.view(hidden_states.shape).to(hidden_states.dtype), None
+
+    def _affinity(self, pairs: torch.Tensor) -> torch.Tensor:
+        """neural_response in token chunks when token_chunk > 0: softplus materialises a
+        >=fp32 copy of [T, E, H]; chunking bounds that transient to [chunk, E, H]."""
+        chunk = self.competesmoe.token_chunk
+        if chunk <= 0 or chunk >= pairs.shape[0]:
+            return neural_response(pairs)
+        return torch.cat([neural_response(part) for part in pairs.split(chunk)])
+
+    def _attach_losses(self, output, logits, affinity, winners_mask, winner_outs, valid):
+        cs, top_k, num_experts = self.competesmoe, self.config.moe_router_topk, \
+            self.config.num_moe_experts
+        tp_cp = self.moe_pg_collection.tp_cp
+        shards = tp_cp.size()
+        if valid is not None:
+            logits, affinity = logits[valid], affinity[valid]
+            winners_mask, winner_outs = winners_mask[valid], winner_outs[valid]
+        local_tokens = logits.shape[0]
+        distillation = router_distillation_loss(logits, affinity, winners_mask, top_k,
+                                                cs.router_theta) / shards
+        diversity = diversity_loss(winner_outs) / shards
+        with torch.no_grad():
+            local_counts = winners_mask.sum(dim=0).float()
+            global_counts = reduce_from_tensor_model_parallel_region(local_counts, tp_cp)
+            total_tokens = global_counts.sum() / top_k
+        balance = switch_load_balancing_loss_func(
+            probs=torch.softmax(affinity, dim=-1), tokens_per_expert=global_counts,
+            total_num_tokens=total_tokens, topk=top_k, num_experts=num_experts,
+            moe_aux_loss_coeff=1.0)
+        for name, value in zip(LOSS_NAMES, (distillation, diversity, balance)):
+            save_to_aux_losses_tracker(name, value, self.layer_number, self._tracker_layers(),
+                                       reduce_group=tp_cp)
+        aux = (cs.router_loss_coef * distillation + cs.diversity_coef * diversity
+               + cs.balance_coef * balance)
+        if self.config.calculate_per_token_loss:
+            aux = aux * local_tokens  # as megatron's router: finalize_model_grads divides
+        return MoEAuxLossAutoScaler.apply(output, aux)
