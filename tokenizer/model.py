@@ -50,6 +50,12 @@ class SentencePieceTokenizer:
     def pad(self) -> int:
         return self.pad_id
 
+    @property
+    def unique_identifiers(self) -> dict:
+        # megatron hashes these into its dataset index-cache names: another model, another cache.
+        return {"class": type(self).__name__, "model_sha256": self.metadata.get("model_sha256"),
+                "vocab_size": self.vocab_size}
+
     def tokenize(self, text: str) -> list[int]:
         return self.encode(text)
 

@@ -28,12 +28,13 @@ def colourise(values: torch.Tensor, vmin: float = 0.0, vmax: float | None = None
     return rgb.permute(2, 0, 1).contiguous()
 
 
-def upscale(image: torch.Tensor, cell: int) -> torch.Tensor:
-    return image.repeat_interleave(cell, dim=1).repeat_interleave(cell, dim=2)
+def upscale(image: torch.Tensor, cell_h: int, cell_w: int) -> torch.Tensor:
+    return image.repeat_interleave(cell_h, dim=1).repeat_interleave(cell_w, dim=2)
 
 
-def heatmap(values: torch.Tensor, cell: int = 16, vmax: float | None = None) -> torch.Tensor:
-    return upscale(colourise(values, vmax=vmax), cell)
+def heatmap(values: torch.Tensor, cell_h: int = 16, cell_w: int = 16,
+            vmax: float | None = None) -> torch.Tensor:
+    return upscale(colourise(values, vmax=vmax), cell_h, cell_w)
 
 
 def expert_load_image(loads: dict[int, torch.Tensor], cell: int = 16) -> torch.Tensor:
@@ -41,13 +42,15 @@ def expert_load_image(loads: dict[int, torch.Tensor], cell: int = 16) -> torch.T
     layers = sorted(loads)
     table = torch.stack([loads[layer].float().cpu() for layer in layers])
     balanced = 1.0 / table.shape[1]
-    return heatmap(table, cell, vmax=2 * balanced)  # uniform load sits mid-ramp
+    return heatmap(table, cell, cell, vmax=2 * balanced)  # uniform load sits mid-ramp
 
 
-def agreement_image(history: list[list[float]], cell: int = 8) -> torch.Tensor:
-    """Rows: MoE layers; columns: successive competition measurements; colour: agreement 0..1."""
+def agreement_image(history: list[list[float]], width: int = 600, row_height: int = 24) -> torch.Tensor:
+    """Rows: MoE layers; columns: successive competition steps (oldest left); colour: the
+    fraction of tokens whose router top-K equals the competition's winners (0 dark .. 1 yellow)."""
     table = torch.tensor(history, dtype=torch.float32).T  # [layers, time]
-    return heatmap(table, cell, vmax=1.0)
+    cell_w = max(1, width // table.shape[1])
+    return heatmap(table, row_height, cell_w, vmax=1.0)
 
 
 def write_png(image_chw: torch.Tensor, path: Path) -> None:

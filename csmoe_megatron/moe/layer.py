@@ -25,6 +25,7 @@ model/spec.py); defaults apply when a layer is built without it.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import Optional
 
 import torch
@@ -44,6 +45,17 @@ from .affinity import gates_from_affinity, neural_response
 from .dispatch import build_dispatcher, unit_routing
 from .losses import diversity_loss, router_distillation_loss, routing_agreement
 from .router import CompeteSMoERouter
+
+class _SubclassKwargsNotice(logging.Filter):
+    """TransformerLayer warns "Unknown MLP type ... Using default kwargs" for any MLP module
+    that is not exactly one of its own; CompeteSMoELayer builds the pg_collection it would have
+    passed itself (see __init__), so the warning says nothing true about our layer."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Unknown MLP type" not in record.getMessage()
+
+
+logging.getLogger("megatron.core.transformer.transformer_layer").addFilter(_SubclassKwargsNotice())
 
 LOSS_NAMES = ("competesmoe_distillation_loss", "competesmoe_diversity_loss",
               "competesmoe_balance_loss")

@@ -42,8 +42,9 @@ class RunLogger:
         if self.enabled:
             print(message, file=sys.stdout, flush=True)
 
-    def log_step(self, step: int, metrics: dict) -> None:
-        """`step` is the number of completed optimizer steps (1-based in the log)."""
+    def log_step(self, step: int, metrics: dict, console: bool = True) -> None:
+        """`step` is the number of completed optimizer steps (1-based in the log). With
+        console=False the record goes to metrics.jsonl and TensorBoard only."""
         if not self.enabled:
             return
         if self._first_step is None:
@@ -55,6 +56,8 @@ class RunLogger:
             for key, value in record.items():
                 if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
                     self._tb.add_scalar(key, value, step)
+        if not console:
+            return
         done = step - self._first_step
         elapsed = time.time() - self._start_steps_time
         eta = elapsed / max(done, 1) * (self.total_steps - step)
@@ -70,8 +73,8 @@ class RunLogger:
             parts.append(f"{metrics['tokens_per_s']:,.0f} tok/s")
         if "tflops" in metrics:
             parts.append(f"{metrics['tflops']:.1f} TFLOP/s")
-        if "moe/competition_rate" in metrics:
-            parts.append(f"compete {metrics['moe/competition_rate']:.2f}")
+        if "moe/competition_rate_cumulative" in metrics:
+            parts.append(f"compete {metrics['moe/competition_rate_cumulative']:.3f}")
         parts.append(f"ETA {_fmt_duration(eta)}")
         print(" | ".join(parts), flush=True)
 

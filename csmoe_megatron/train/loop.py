@@ -158,6 +158,9 @@ def _train(cfg: ExperimentConfig) -> dict:
             metrics.update(evaluate(cfg, chunks, valid_ds, dp_rank, dp_size, num_micro, fwd_bwd))
         if step % cfg.logging.interval == 0 or step == steps or "val_loss" in metrics:
             log.log_step(step, metrics)
+        elif metrics.get("moe/competition_rate", 0.0) > 0:
+            # Competition steps carry the agreement/affinity numbers: always recorded.
+            log.log_step(step, metrics, console=False)
         stop_now = stop_signal.agreed() or (
             t.exit_after_steps is not None and step - first_step >= t.exit_after_steps)
         interval = cfg.checkpoint.save_interval

@@ -25,12 +25,17 @@ class MoEMetricsLogger:
         self.num_moe_layers = num_moe_layers
         self.picture_dir = run_dir / "routing"
         self.agreement_history: list[list[float]] = []  # one row per step with a competition
+        self.rate_sum, self.rate_steps = 0.0, 0
 
     def pop(self, num_microbatches: int, step: int) -> dict:
         """Collective over all ranks (every rank calls it once per step)."""
         out = _pop_aux_losses(num_microbatches)
         out.update(routing_metrics.pop_step_metrics())
         loads = routing_metrics.pop_expert_load()
+        if "moe/competition_rate" in out:  # the realised rate since this launch started
+            self.rate_sum += out["moe/competition_rate"]
+            self.rate_steps += 1
+            out["moe/competition_rate_cumulative"] = self.rate_sum / self.rate_steps
         self._remember_agreement(out)
         if self.images_interval > 0 and step % self.images_interval == 0 and self.log.enabled:
             self._draw(loads, step)

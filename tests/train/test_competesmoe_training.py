@@ -1,0 +1,68 @@
+"""CompeteSMoE through the whole trainer: competition steps in every parallel layout match the
+single-process run, and the router learns the competition's policy."""
+
+import pytest
+
+from tests.train.trainer_runs import TINY, losses, read_metrics, run_trainer
+
+PARITY_ATOL = 2e-4  # as for router steps; measured differences are ~1e-6
+
+# Every layer competes on every step: the strictest test of the competition path.
+ALWAYS_COMPETE = [o for o in TINY if not o.startswith("model.moe.router")] + [
+    "model.moe.router=competesmoe", "model.moe.competesmoe.rate=1.0",
+    "model.moe.competesmoe.warmup_fraction=0.0", "model.moe.competesmoe.max_compete_per_step=0",
+]
+
+LAYOUTS = {
+    "ep2": (2, ["parallel.expert=2"]),
+    "ep4": (4, ["parallel.expert=4"]),
+    "tp2_sp_ep2": (4, ["parallel.tensor=2", "parallel.sequence_parallel=true", "parallel.expert=2"]),
+    "ep2_etp2": (4, ["parallel.expert=2", "parallel.expert_tensor=2"]),
+    "pp2_ep2": (4, ["parallel.pipeline=2", "parallel.expert=2"]),
+    "allgather_ep2": (2, ["parallel.expert=2", "model.moe.token_dispatcher=allgather"]),
+}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("competesmoe_ep1")
+    run_trainer(1, run_dir, ALWAYS_COMPETE)
+    return read_metrics(run_dir)
+
+
+def test_every_step_competes_and_logs_its_losses(reference):
+    for record in reference:
+        assert record["moe/competition_rate"] == 1.0
+        assert record["moe/competesmoe_distillation_loss"] > 0
+        assert "moe/layer0/agreement" in record and "moe/layer1/affinity_mean" in record
+    assert reference[-1]["loss"] < reference[0]["loss"]
+
+
+@pytest.mark.parametrize("name", sorted(LAYOUTS))
+def test_competition_layout_matches_single_process(name, tmp_path, reference):
+    nproc, overrides = LAYOUTS[name]
+    run_trainer(nproc, tmp_path, ALWAYS_COMPETE + overrides)
+    got = read_metrics(tmp_path)
+    for key in ("loss", "moe/competesmoe_distillation_loss", "moe/layer0/agreement"):
+        diffs = [abs(a[key] - b[key]) for a, b in zip(got, reference)]
+        assert len(diffs) == len(reference) and max(diffs) < PARITY_ATOL, (name, key, diffs)
+
+
+def test_router_learns_the_competition_policy(tmp_path):
+    # 8 experts, top-2: a random router matches the winners' set on 1/28 of tokens.
+    steps = 40
+    overrides = [o for o in ALWAYS_COMPETE if not o.startswith("train.steps")] + [
+        f"train.steps={steps}", "model.moe.num_experts=8", "model.moe.competesmoe.rate=0.5",
+        "model.moe.competesmoe.router_loss_coef=1.0", "train.lr=1e-2", "train.min_lr=1e-3"]
+    run_trainer(1, tmp_path, overrides, timeout=400)
+    # Each competition step reports the agreement of the layers that competed in it.
+    agreement = []
+    for record in read_metrics(tmp_path):
+        values = [record[k] for k in ("moe/layer0/agreement", "moe/layer1/agreement") if k in record]
+        if values:
+            agreement.append(sum(values) / len(values))
+    assert len(agreement) >= 10
+    first, last = agreement[: len(agreement) // 3], agreement[-(len(agreement) // 3):]
+    chance = 1 / 28
+    assert sum(last) / len(last) > 3 * chance
+    assert sum(last) / len(last) > sum(first) / len(first) + 0.05, agreement
