@@ -15,6 +15,7 @@ _CHOICES = {
     "model.moe.router": ("competesmoe", "topk"),
     "model.moe.token_dispatcher": ("alltoall", "allgather"),
     "model.moe.competesmoe.gate_norm": ("sum", "sigmoid"),
+    "model.moe.competesmoe.combine": ("winners", "full"),
     "parallel.backend": ("auto", "nccl", "gloo"),
     "train.lr_decay": ("cosine", "linear", "constant"),
     "train.precision": ("fp32", "bf16", "fp16"),

@@ -3,10 +3,12 @@
 * Router steps (most training steps, all of evaluation): MoELayer.forward unchanged, with the
   CompeteSMoERouter (megatron's TopKRouter plus a routing-map observer for load metrics).
 * Competition steps (training only, when context.competes says so for this layer's global MoE
-  index): every expert runs on every token through the normal dispatcher in dense mode; the
-  per-(token, expert) outputs come back to the source rank through the combine (the simple
-  version: full E x H rows return; see dispatch.py), where affinities, winners, gates, the
-  output and the losses are computed. The router only gets the distillation loss.
+  index): every expert runs on every token through the normal dispatcher in dense mode.
+  combine "winners" (alltoall): the expert ranks score their rows and only the affinities and
+  then the K winners' outputs come back (winners_combine.py). combine "full" (and always with
+  allgather): all E x H outputs come back to the source rank (dispatch.py) and are scored
+  there. Winners, gates, the output and the losses are then computed on the source rank.
+  The router only gets the distillation loss.
 
 Losses are attached to the layer output with MoEAuxLossAutoScaler, so they are scaled like
 megatron's own aux loss (the schedule sets its scale to the main loss's 1/num_microbatches;
@@ -42,7 +44,8 @@ from megatron.core.tensor_parallel import reduce_from_tensor_model_parallel_regi
 from ..config.schema import CompeteSMoEConfig
 from . import context, metrics
 from .affinity import gates_from_affinity, neural_response
-from .dispatch import build_dispatcher, unit_routing
+from . import winners_combine
+from .dispatch import CompetitionAlltoAllDispatcher, build_dispatcher, unit_routing
 from .losses import diversity_loss, router_distillation_loss, routing_agreement
 from .router import CompeteSMoERouter
 
@@ -74,6 +77,8 @@ def check_layer_config(config, cs: CompeteSMoEConfig) -> None:
         problems.append(f"gate_norm must be 'sum' or 'sigmoid', got {cs.gate_norm!r}")
     if cs.token_chunk < 0:
         problems.append("token_chunk must be >= 0")
+    if cs.combine not in ("winners", "full"):
+        problems.append(f"combine must be 'winners' or 'full', got {cs.combine!r}")
     if problems:
         raise ValueError("CompeteSMoELayer: " + "; ".join(problems))
 
@@ -161,12 +166,13 @@ class CompeteSMoELayer(MoELayer):
             raise ValueError("MoE with tensor parallelism needs sequence parallelism in training")
         top_k, cs = self.config.moe_router_topk, self.competesmoe
         logits = self.router.competition_logits(hidden_states)  # [T, E]
-        pairs = self.dense_expert_outputs(hidden_states)  # [T, E, H]
-        affinity = self._affinity(pairs)  # [T, E], >= fp32
-        gates, winners_mask, topk_idx = gates_from_affinity(affinity, top_k, cs.gate_norm)
-        hidden = pairs.shape[-1]
-        winner_outs = torch.gather(pairs, 1, topk_idx.unsqueeze(-1).expand(-1, -1, hidden))
-        top_gates = torch.gather(gates, 1, topk_idx).to(winner_outs.dtype)
+        if self.combines_winners_only():
+            affinity, winners_mask, winner_outs, top_gates = winners_combine.compete(
+                self.token_dispatcher, self.routed_experts_compute, hidden_states,
+                self.router.weight, top_k, cs.gate_norm, cs.token_chunk)
+        else:
+            affinity, winners_mask, winner_outs, top_gates = self._full_combine(hidden_states)
+        top_gates = top_gates.to(winner_outs.dtype)
         output = (top_gates.unsqueeze(-1) * winner_outs).sum(dim=1)  # [T, H]
 
         valid = None
@@ -180,6 +186,22 @@ class CompeteSMoELayer(MoELayer):
             self.moe_layer_index, winners_mask[keep], affinity[keep],
             routing_agreement(logits[keep], winners_mask[keep], top_k))
         return output.view(hidden_states.shape).to(hidden_states.dtype), None
+
+    def combines_winners_only(self) -> bool:
+        """combine == "winners" on the alltoall dispatcher; allgather keeps the full path (its
+        combine is one reduce-scatter of [T, E*H], with no per-row split to cut down)."""
+        return (self.competesmoe.combine == "winners"
+                and isinstance(self.token_dispatcher, CompetitionAlltoAllDispatcher))
+
+    def _full_combine(self, hidden_states: torch.Tensor):
+        """combine == "full": all E outputs come back, scored on the source rank."""
+        pairs = self.dense_expert_outputs(hidden_states)  # [T, E, H]
+        affinity = self._affinity(pairs)  # [T, E], >= fp32
+        gates, winners_mask, topk_idx = gates_from_affinity(
+            affinity, self.config.moe_router_topk, self.competesmoe.gate_norm)
+        hidden = pairs.shape[-1]
+        winner_outs = torch.gather(pairs, 1, topk_idx.unsqueeze(-1).expand(-1, -1, hidden))
+        return affinity, winners_mask, winner_outs, torch.gather(gates, 1, topk_idx)
 
     def _affinity(self, pairs: torch.Tensor) -> torch.Tensor:
         """neural_response in token chunks when token_chunk > 0: softplus materialises a

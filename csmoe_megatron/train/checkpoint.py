@@ -1,7 +1,8 @@
 """Save and resume with megatron-core dist_checkpointing, atomically.
 
 Layout under <run.dir>/checkpoints/:
-  iter_0000100/     a complete checkpoint (model, optimizer, scheduler, progress, RNG)
+  iter_0000100/     a complete checkpoint (model, optimizer, scheduler, progress, RNG,
+                    and the tokenizer the run used)
   latest            text file naming the newest complete checkpoint (replaced atomically)
 A save writes into iter_N.partial/ and is renamed to iter_N/ only after every rank finished,
 then `latest` is replaced: a crash at any moment leaves the previous checkpoint untouched and
@@ -83,8 +84,9 @@ def latest_checkpoint(ckpt_root: Path) -> Path | None:
 
 
 def save_checkpoint(ckpt_root: Path, step: int, model_chunks, optimizer, scheduler,
-                    progress: dict, keep_last: int) -> Path:
-    """Collective: every rank calls it. Returns the final checkpoint path."""
+                    progress: dict, keep_last: int, tokenizer_dir: Path | None = None) -> Path:
+    """Collective: every rank calls it. Returns the final checkpoint path. The tokenizer, when
+    given, is copied in so that a checkpoint is self-contained."""
     rank = dist.get_rank()
     final = ckpt_root / f"iter_{step:07d}"
     partial = ckpt_root / f"iter_{step:07d}.partial"
@@ -100,6 +102,8 @@ def save_checkpoint(ckpt_root: Path, step: int, model_chunks, optimizer, schedul
     torch.save(_rng_state(), partial / f"rng_rank{rank:05d}.pt")
     dist.barrier()
     if rank == 0:
+        if tokenizer_dir is not None and tokenizer_dir.is_dir():
+            shutil.copytree(tokenizer_dir, partial / "tokenizer")
         torch.save({"scheduler": scheduler.state_dict(), **progress}, partial / "progress.pt")
         if final.exists():
             shutil.rmtree(final)

@@ -56,3 +56,20 @@ def copy_tokenizer_to_run(tokenizer_dir: Path | None, run_dir: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.copytree(tokenizer_dir, tmp)
         tmp.replace(dest)
+
+
+def check_tokenizer_matches_checkpoint(tokenizer, checkpoint: Path) -> None:
+    """Resuming with another tokenizer would silently retrain embeddings on renumbered tokens
+    (or fail deep inside checkpoint loading when the vocabulary size differs): refuse clearly."""
+    saved = checkpoint / "tokenizer" / "tokenizer.json"
+    ids = getattr(tokenizer, "unique_identifiers", {})
+    if not saved.is_file() or "model_sha256" not in ids:
+        return
+    import json
+
+    recorded = json.loads(saved.read_text()).get("model_sha256")
+    if recorded != ids["model_sha256"]:
+        raise ConfigError(f"the checkpoint {checkpoint} was trained with a different tokenizer "
+                          f"(model sha256 {recorded}) than data.tokenizer now gives "
+                          f"({ids['model_sha256']}); use the tokenizer saved in "
+                          f"{checkpoint / 'tokenizer'} or start a new run.dir")

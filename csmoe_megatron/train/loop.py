@@ -26,7 +26,8 @@ from ..data import MicroBatchIterator
 from ..model import build_model_chunks, padded_vocab_size
 from ..moe import context as moe_context
 from . import checkpoint as ckpt
-from .data_setup import build_run_datasets, copy_tokenizer_to_run, resolve_tokenizer_and_prefixes
+from .data_setup import (build_run_datasets, check_tokenizer_matches_checkpoint,
+                         copy_tokenizer_to_run, resolve_tokenizer_and_prefixes)
 from .distributed import destroy_distributed, init_distributed, is_logging_rank, launch_world_size
 from .flops import flops_per_token, peak_tflops
 from .logger import RunLogger
@@ -94,6 +95,7 @@ def _train(cfg: ExperimentConfig) -> dict:
     ckpt_root = run_dir / "checkpoints"
     latest = ckpt.latest_checkpoint(ckpt_root) if cfg.checkpoint.resume else None
     if latest is not None:
+        check_tokenizer_matches_checkpoint(tokenizer, latest)
         progress = ckpt.load_checkpoint(latest, chunks, optimizer, scheduler)
         step, consumed = progress["step"], progress["consumed_samples"]
         log.info(f"resumed from {latest} at step {step}")
@@ -168,7 +170,7 @@ def _train(cfg: ExperimentConfig) -> dict:
                 step == steps and cfg.checkpoint.save_at_end):
             ckpt.save_checkpoint(ckpt_root, step, chunks, optimizer, scheduler,
                                  {"step": step, "consumed_samples": train_iters[0].consumed_samples},
-                                 cfg.checkpoint.keep_last)
+                                 cfg.checkpoint.keep_last, run_dir / "tokenizer")
             log.info(f"saved checkpoint at step {step}")
         if stop_now:
             log.info(f"stopping early (signal or train.exit_after_steps): checkpoint saved at "

@@ -1,0 +1,95 @@
+"""Communication-optimal competition step for the alltoall dispatcher (`combine: winners`).
+
+The full path (dispatch.py) brings all E expert outputs of every token back to its source rank
+(E x H values a token) and scores them there. Only the affinities are needed before the winners
+are known, and only the K winners' outputs are needed after (spec §6). So, per competition step:
+
+1. dispatch every token to every expert as the full path does (dense mode: all-ones routing map,
+   unit probs), run the experts and megatron's combine_preprocess, whose expert-TP
+   reduce-scatter makes the rows full hidden width (the affinity is a mean over all H features);
+2. expert side: one affinity per row, s = mean_H softplus(g(x)) (fp32);
+3. all-to-all the affinities back with the combine's split sizes: on the source rank they arrive
+   in the dispatch (expert-major [E, T]) order, i.e. affinity[T, E];
+4. source side: winners and gates; the keep mask (a byte per row, expert-major) goes back to the
+   expert ranks with the dispatch's split sizes, so it lines up with their received rows;
+5. expert ranks send only the kept rows. Both sides derive the new split sizes from the mask
+   (the source sums its mask per destination, the expert per source), no extra exchange.
+   The source places the K rows of each token and the layer combines them with the gates.
+
+Everything stays differentiable: megatron's all_to_all autograd function runs the reverse
+all-to-all in backward, so the task loss reaches the experts through the affinities (the gates
+are not detached) and through the winners' outputs. The source rank never holds [T, E, H].
+Data-dependent split sizes need the kept counts on the host (one device sync, like the
+dispatcher's own split sizes).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import torch
+from megatron.core.tensor_parallel import all_to_all
+
+from .affinity import gates_from_affinity, neural_response
+from .dispatch import unit_routing
+
+
+class Competition(NamedTuple):
+    affinity: torch.Tensor  # [T, E], >= fp32, graph to the experts
+    winners_mask: torch.Tensor  # [T, E] bool
+    winner_outs: torch.Tensor  # [T, K, H], winners in ascending expert order
+    top_gates: torch.Tensor  # [T, K], aligned with winner_outs
+
+
+def row_affinities(rows: torch.Tensor, chunk_rows: int = 0) -> torch.Tensor:
+    """neural_response per row; chunked so softplus's >= fp32 copy stays [chunk_rows, H]."""
+    if chunk_rows <= 0 or chunk_rows >= rows.shape[0]:
+        return neural_response(rows)
+    return torch.cat([neural_response(part) for part in rows.split(chunk_rows)])
+
+
+def _counts(mask: torch.Tensor, splits) -> Optional[list]:
+    """Kept rows per EP peer, `mask` cut by `splits` (None: one peer, no collective)."""
+    if splits is None:
+        return None
+    return [int(part.sum()) for part in mask.split([int(s) for s in splits])]
+
+
+def _splits(splits) -> Optional[list]:
+    return None if splits is None else [int(s) for s in splits]
+
+
+def compete(dispatcher, experts_compute, hidden_states: torch.Tensor, like: torch.Tensor,
+            top_k: int, gate_norm: str, token_chunk: int = 0) -> Competition:
+    """One competition step over `dispatcher` (a CompetitionAlltoAllDispatcher).
+
+    experts_compute: MoELayer.routed_experts_compute (dispatch_postprocess, experts,
+    combine_preprocess). token_chunk > 0 bounds the softplus transient to token_chunk x E rows.
+    """
+    num_experts, hidden = dispatcher.num_experts, hidden_states.shape[-1]
+    num_tokens = hidden_states.numel() // hidden
+    probs, routing_map = unit_routing(num_tokens, num_experts, like)
+    with dispatcher.dense_mode():
+        tokens, probs = dispatcher.dispatch_preprocess(hidden_states, routing_map, probs)
+        tokens, probs = dispatcher.token_dispatch(tokens, probs)
+        rows, _ = experts_compute(tokens, probs)  # [R, H], in the dispatch-received order
+    group = dispatcher.ep_group
+    # Rows sent to each EP rank (source side) / received from each (expert side).
+    sent, received = _splits(dispatcher.input_splits), _splits(dispatcher.output_splits)
+
+    scores = row_affinities(rows, token_chunk * num_experts)  # [R]
+    affinity = all_to_all(group, scores, sent, received).view(num_experts, num_tokens).t()
+    gates, winners_mask, _ = gates_from_affinity(affinity, top_k, gate_norm)
+
+    keep_source = winners_mask.t().reshape(-1)  # expert-major, the order the rows were sent in
+    # uint8: gloo/NCCL all-to-all do not take bool.
+    keep_expert = all_to_all(group, keep_source.to(torch.uint8), received, sent).bool()
+    winner_rows = all_to_all(group, rows[keep_expert], _counts(keep_source, sent),
+                             _counts(keep_expert, received))  # [T*K, H], expert-major
+
+    # Kept positions e*T + t in send order; regroup them token-major as [T, K].
+    position = keep_source.nonzero().squeeze(1)
+    order = torch.argsort(position % num_tokens, stable=True)
+    winner_outs = winner_rows[order].view(num_tokens, top_k, hidden)
+    winner_experts = (position // num_tokens)[order].view(num_tokens, top_k)
+    return Competition(affinity, winners_mask, winner_outs, gates.gather(1, winner_experts))
