@@ -4,11 +4,14 @@
     weights (forward + backward, min of --iters after --warmup);
 (b) competition-step vs router-step time, against the E/K expert-compute cost model;
 (c) all-to-all volume per token in the forward (hidden-size rows through megatron's
-    all_to_all, dispatch + combine, counted by wrapping the dispatcher's all_to_all; with EP=1 megatron skips the collective, the count
-    is what would cross ranks at EP=E) vs the theoretical minimum (spec §6);
+    all_to_all, dispatch + combine, counted by wrapping the all_to_all of the dispatcher and of
+    winners_combine; with EP=1 megatron skips the collective, the count is what would cross
+    ranks at EP=E) vs the theoretical minimum (spec §6), in elements and in bytes;
 (d) activation memory of each step: bytes of the unique tensors saved for backward
     (torch.autograd.graph.saved_tensors_hooks), which is what a step holds at its peak
     between forward and backward; exact and device-independent, unlike RSS on CPU.
+Competition steps are measured with both combines: "winners" (the default: affinities, then
+only the K winners' outputs come back) and "full" (all E outputs come back).
 Single process (EP=1) by default; under torchrun it uses parallel.expert = world size.
 Prints a table, then one JSON object as the last line (--json: the JSON line only).
 """
@@ -16,6 +19,7 @@ Prints a table, then one JSON object as the last line (--json: the JSON line onl
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import time
@@ -89,24 +93,29 @@ def _layers(config):
 
 
 class _A2ACounter:
-    """Counts elements through the dispatcher's all_to_all (wrapping the imported name)."""
+    """Counts elements and bytes through all_to_all, wrapping the name each module imported."""
 
     def __init__(self):
         from megatron.core.transformer.moe import token_dispatcher
 
-        self.module, self.elements = token_dispatcher, 0
+        from ..moe import winners_combine
+
+        self.modules, self.elements, self.bytes = (token_dispatcher, winners_combine), 0, 0
         self.original = token_dispatcher.all_to_all
 
     def __enter__(self):
         def counting(group, tensor, *rest):
             self.elements += tensor.numel()
+            self.bytes += tensor.numel() * tensor.element_size()
             return self.original(group, tensor, *rest)
 
-        self.module.all_to_all = counting
+        for module in self.modules:
+            module.all_to_all = counting
         return self
 
     def __exit__(self, *exc):
-        self.module.all_to_all = self.original
+        for module in self.modules:
+            module.all_to_all = self.original
 
 
 def _step(layer, x, upstream):
@@ -170,16 +179,25 @@ def measure(args) -> dict:
     result["native_saved_bytes"] = _saved_bytes(native, x, upstream)
     context.force_competition(True)
     try:
-        result["competition_step_s"] = _time(ours, x, upstream, args)
-        with _A2ACounter() as count:
-            _step(ours, x, upstream)
-        result["competition_a2a_rows_per_token"] = count.elements / H / T
-        result["competition_saved_bytes"] = _saved_bytes(ours, x, upstream)
+        # "competition_*": the default winners combine; "competition_full_*": the full one.
+        for combine, prefix in (("winners", "competition"), ("full", "competition_full")):
+            ours.competesmoe = dataclasses.replace(ours.competesmoe, combine=combine)
+            result[f"{prefix}_step_s"] = _time(ours, x, upstream, args)
+            with _A2ACounter() as count:
+                _step(ours, x, upstream)
+            result[f"{prefix}_a2a_rows_per_token"] = count.elements / H / T
+            # Bytes in units of one row (H values of the activation dtype): the keep mask is
+            # one byte a (token, expert).
+            row_bytes = H * x.element_size()
+            result[f"{prefix}_a2a_row_bytes_per_token"] = count.bytes / row_bytes / T
+            result[f"{prefix}_saved_bytes"] = _saved_bytes(ours, x, upstream)
     finally:
         context.force_competition(None)
     metrics.reset()
     result["router_overhead_vs_native"] = result["router_step_s"] / result["native_router_step_s"]
     result["competition_over_router"] = result["competition_step_s"] / result["router_step_s"]
+    result["competition_full_over_router"] = (result["competition_full_step_s"]
+                                              / result["router_step_s"])
     result["cost_model_E_over_K"] = E / K
     # Minimum rows of H per token (dispatch + combine), spec §6: router K + K; competition:
     # every expert must see the token (E rows, or one per EP rank if replicated on arrival),
@@ -187,9 +205,10 @@ def measure(args) -> dict:
     result["router_a2a_min_rows_per_token"] = 2 * K
     result["competition_a2a_min_rows_per_token"] = E + E / H + K
     result["memory_method"] = "bytes of unique storages saved for backward (saved_tensors_hooks)"
-    result["a2a_method"] = ("forward elements (tokens and probs) through megatron's all_to_all "
-                            "/ hidden / tokens; the backward mirrors it; counted even when EP=1 "
-                            "skips the collective")
+    result["a2a_method"] = ("forward elements (tokens, probs, affinities, keep mask) through "
+                            "megatron's all_to_all / hidden / tokens (row_bytes: bytes / bytes "
+                            "of one hidden row / tokens); the backward mirrors it; counted even "
+                            "when EP=1 skips the collective")
     return result
 
 
@@ -199,15 +218,22 @@ def _table(r: dict) -> str:
         ("router step, CompeteSMoELayer", f"{r['router_step_s'] * 1e3:.1f} ms "
          f"(x{r['router_overhead_vs_native']:.2f}; no metrics "
          f"{r['router_step_no_metrics_s'] * 1e3:.1f} ms)"),
-        ("competition step", f"{r['competition_step_s'] * 1e3:.1f} ms "
-         f"(x{r['competition_over_router']:.2f} of router; E/K = {r['cost_model_E_over_K']:.1f})"),
+        ("competition step, winners / full", f"{r['competition_step_s'] * 1e3:.1f} / "
+         f"{r['competition_full_step_s'] * 1e3:.1f} ms (x{r['competition_over_router']:.2f} / "
+         f"x{r['competition_full_over_router']:.2f} of router; E/K = "
+         f"{r['cost_model_E_over_K']:.1f})"),
         ("a2a rows/token router (min)", f"{r['router_a2a_rows_per_token']:.2f} "
          f"({r['router_a2a_min_rows_per_token']:.2f})"),
-        ("a2a rows/token competition (min)", f"{r['competition_a2a_rows_per_token']:.2f} "
-         f"({r['competition_a2a_min_rows_per_token']:.2f})"),
-        ("saved activations native/router/competition",
+        ("a2a rows/token competition winners/full (min)",
+         f"{r['competition_a2a_rows_per_token']:.2f} / "
+         f"{r['competition_full_a2a_rows_per_token']:.2f} "
+         f"({r['competition_a2a_min_rows_per_token']:.2f}); in row bytes "
+         f"{r['competition_a2a_row_bytes_per_token']:.2f} / "
+         f"{r['competition_full_a2a_row_bytes_per_token']:.2f}"),
+        ("saved activations native/router/competition winners/full",
          f"{r['native_saved_bytes'] / 2**20:.2f} / {r['router_saved_bytes'] / 2**20:.2f} / "
-         f"{r['competition_saved_bytes'] / 2**20:.2f} MiB"),
+         f"{r['competition_saved_bytes'] / 2**20:.2f} / "
+         f"{r['competition_full_saved_bytes'] / 2**20:.2f} MiB"),
     ]
     width = max(len(name) for name, _ in rows)
     head = (f"MoE layer bench: E={r['experts']} K={r['top_k']} H={r['hidden']} F={r['ffn']} "

@@ -13,7 +13,9 @@ dropless, so every expert is scored on every token).
 
 * alltoall: after the combine all-to-all (and the expert-TP reduce-scatter, so rows are full
   hidden width) the rows back on the source rank are in routing_map.T order, i.e. expert-major
-  [E, T, H]; no extra communication.
+  [E, T, H]; no extra communication. This is combine "full"; combine "winners"
+  (winners_combine.py) stops after combine_preprocess and brings back only affinities and
+  the winners' rows.
 * allgather: megatron sums the local experts' outputs in combine_preprocess; dense mode instead
   places them in a zero [T_global, E, H] buffer at the local experts' columns and the usual
   reduce-scatter over TPxEP returns [T_local, E*H] (EP ranks fill disjoint columns, expert-TP

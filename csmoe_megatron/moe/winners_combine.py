@@ -84,12 +84,15 @@ def compete(dispatcher, experts_compute, hidden_states: torch.Tensor, like: torc
     keep_source = winners_mask.t().reshape(-1)  # expert-major, the order the rows were sent in
     # uint8: gloo/NCCL all-to-all do not take bool.
     keep_expert = all_to_all(group, keep_source.to(torch.uint8), received, sent).bool()
-    winner_rows = all_to_all(group, rows[keep_expert], _counts(keep_source, sent),
+    # index_select, not a boolean index: its backward is an index_add, not an accumulating
+    # index_put (slow on CPU).
+    kept_rows = rows.index_select(0, keep_expert.nonzero().squeeze(1))
+    winner_rows = all_to_all(group, kept_rows, _counts(keep_source, sent),
                              _counts(keep_expert, received))  # [T*K, H], expert-major
 
     # Kept positions e*T + t in send order; regroup them token-major as [T, K].
     position = keep_source.nonzero().squeeze(1)
     order = torch.argsort(position % num_tokens, stable=True)
-    winner_outs = winner_rows[order].view(num_tokens, top_k, hidden)
+    winner_outs = winner_rows.index_select(0, order).view(num_tokens, top_k, hidden)
     winner_experts = (position // num_tokens)[order].view(num_tokens, top_k)
     return Competition(affinity, winners_mask, winner_outs, gates.gather(1, winner_experts))

@@ -43,10 +43,10 @@ def init_distributed(cfg: ExperimentConfig, timeout_s: float | None = None) -> N
                           MASTER_PORT=str(_free_port()))
     if not cpu:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    # The same timeout for megatron's groups (DP, EP, ...), which otherwise wait 30 minutes.
+    timeout_s = timeout_s or cfg.parallel.collective_timeout_s
     if not dist.is_initialized():
-        dist.init_process_group(backend=backend,
-                                timeout=datetime.timedelta(
-                                    seconds=timeout_s or cfg.parallel.collective_timeout_s))
+        dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s))
     p = cfg.parallel
     parallel_state.initialize_model_parallel(
         tensor_model_parallel_size=p.tensor,
@@ -55,6 +55,7 @@ def init_distributed(cfg: ExperimentConfig, timeout_s: float | None = None) -> N
         context_parallel_size=p.context,
         expert_model_parallel_size=p.expert,
         expert_tensor_parallel_size=p.expert_tensor or p.tensor,
+        distributed_timeout_minutes=timeout_s / 60,
     )
     torch.manual_seed(cfg.train.seed)
     model_parallel_cuda_manual_seed(cfg.train.seed, force_reset_rng=True)
@@ -68,5 +69,6 @@ def destroy_distributed() -> None:
 
 
 def is_logging_rank() -> bool:
-    """The last pipeline stage holds the loss; its first DP/TP rank logs for everyone."""
-    return dist.get_rank() == dist.get_world_size() - 1 if dist.is_initialized() else True
+    """Rank 0 writes the console, metrics.jsonl and TensorBoard. Every number it logs is
+    reduced to all ranks first (the loss is shared from the last pipeline stage)."""
+    return dist.get_rank() == 0 if dist.is_initialized() else True

@@ -1,5 +1,6 @@
-"""Model FLOPs per token (for TFLOP/s and MFU on GPU): 6 x active parameters for the matmuls
-plus the attention score/value products, as in Megatron-LM's throughput report."""
+"""Parameter counts and model FLOPs per token (for TFLOP/s and MFU on GPU), from the config:
+6 x active parameters for the matmuls plus the attention score/value products, as in
+Megatron-LM's throughput report."""
 
 from __future__ import annotations
 
@@ -9,17 +10,30 @@ from ..config.schema import ExperimentConfig
 _PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0}
 
 
-def flops_per_token(cfg: ExperimentConfig, vocab_size: int) -> float:
+def parameter_counts(cfg: ExperimentConfig, vocab_size: int) -> tuple[int, int]:
+    """(total, active per token) parameters of the whole model, norms left out."""
     m, moe = cfg.model, cfg.model.moe
-    h, L, s = m.hidden_size, m.num_layers, m.seq_length
+    h, L = m.hidden_size, m.num_layers
     kv = (m.num_query_groups or m.num_attention_heads) * (h // m.num_attention_heads)
     attn = h * (h + 2 * kv) + h * h  # qkv + output projection
     glu = 3 if m.activation == "swiglu" else 2
     num_moe = sum(1 for i in range(L) if i % moe.layer_freq == 0)
-    mlp_dense = glu * h * m.ffn_hidden_size
-    mlp_moe = moe.top_k * glu * h * moe.ffn_hidden_size + h * moe.num_experts  # + router
-    params = L * attn + (L - num_moe) * mlp_dense + num_moe * mlp_moe + vocab_size * h
-    return 6.0 * params + 6.0 * 2 * L * s * h  # attention products, causal not halved
+    dense_mlp = glu * h * m.ffn_hidden_size
+    expert = glu * h * moe.ffn_hidden_size
+    router = h * moe.num_experts
+    embeddings = vocab_size * h * (2 if m.untie_embeddings else 1)
+    shared = L * attn + (L - num_moe) * dense_mlp + num_moe * router + embeddings
+    total = shared + num_moe * moe.num_experts * expert
+    active = shared + num_moe * moe.top_k * expert
+    return total, active
+
+
+def flops_per_token(cfg: ExperimentConfig, vocab_size: int) -> float:
+    """Training FLOPs per token on router steps (forward + backward)."""
+    _, active = parameter_counts(cfg, vocab_size)
+    m = cfg.model
+    output_layer = vocab_size * m.hidden_size if not m.untie_embeddings else 0  # tied: counted once
+    return 6.0 * (active + output_layer) + 6.0 * 2 * m.num_layers * m.seq_length * m.hidden_size
 
 
 def peak_tflops() -> float | None:

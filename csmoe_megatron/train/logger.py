@@ -1,7 +1,6 @@
 """One logging call per step feeds the console, metrics.jsonl and TensorBoard.
 
-Only the logging rank (the last rank: it sits on the last pipeline stage, where the loss is)
-writes; the others get a logger whose methods do nothing.
+Only the logging rank (rank 0) writes; the others get a logger whose methods do nothing.
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ from . import checkpoint as ckpt
 from .data_setup import (build_run_datasets, check_tokenizer_matches_checkpoint,
                          copy_tokenizer_to_run, resolve_tokenizer_and_prefixes)
 from .distributed import destroy_distributed, init_distributed, is_logging_rank, launch_world_size
-from .flops import flops_per_token, peak_tflops
+from .flops import flops_per_token, parameter_counts, peak_tflops
 from .logger import RunLogger
 from .moe_logging import MoEMetricsLogger
 from .run_info import record_launch
@@ -111,9 +111,10 @@ def _train(cfg: ExperimentConfig) -> dict:
     model_flops = flops_per_token(cfg, vocab) * tokens_per_step
     peak = peak_tflops()
     stop_signal = _StopSignal()
-    n_params = sum(p.numel() for c in chunks for p in c.parameters())
-    log.info(f"run {run_dir}: {steps} steps, world {dist.get_world_size()}, dp {dp_size}, "
-             f"{num_micro} micro-batches/step, {n_params:,} parameters on the logging rank")
+    total_params, active_params = parameter_counts(cfg, vocab)
+    log.info(f"run {run_dir}: {total_params / 1e6:.2f}M parameters ({active_params / 1e6:.2f}M "
+             f"active per token), {steps} steps, world {dist.get_world_size()}, dp {dp_size}, "
+             f"{num_micro} micro-batches/step")
 
     metrics: dict = {}
     first_step = step

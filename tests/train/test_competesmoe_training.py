@@ -66,3 +66,11 @@ def test_router_learns_the_competition_policy(tmp_path):
     chance = 1 / 28
     assert sum(last) / len(last) > 3 * chance
     assert sum(last) / len(last) > sum(first) / len(first) + 0.05, agreement
+
+
+def test_bf16_competition_run_trains(tmp_path):
+    overrides = [o for o in ALWAYS_COMPETE if not o.startswith("train.steps")] + [
+        "train.steps=6", "train.precision=bf16", "parallel.expert=2"]
+    run_trainer(2, tmp_path, overrides)
+    got = losses(tmp_path)
+    assert len(got) == 6 and got[-1] < got[0]
