@@ -6,21 +6,10 @@ layout reads the same global batches, so the losses must agree up to float reduc
 
 import pytest
 
-from tests.train.trainer_runs import TINY, losses, run_trainer
+from tests.train.trainer_runs import LAYOUTS, TINY, losses, run_trainer
 
 # Measured on CPU fp32: differences are ~1e-6; the bound leaves room for reduction order.
 PARITY_ATOL = 2e-4
-
-LAYOUTS = {
-    "ep2": (2, ["parallel.expert=2"]),
-    "ep4": (4, ["parallel.expert=4"]),
-    "tp2_sp_ep2": (4, ["parallel.tensor=2", "parallel.sequence_parallel=true", "parallel.expert=2"]),
-    "ep2_etp2": (4, ["parallel.expert=2", "parallel.expert_tensor=2"]),
-    "pp2": (2, ["parallel.pipeline=2"]),
-    "pp2_ep2": (4, ["parallel.pipeline=2", "parallel.expert=2"]),
-    "dp2_distopt": (2, ["parallel.distributed_optimizer=true"]),
-    "allgather_ep2": (2, ["parallel.expert=2", "model.moe.token_dispatcher=allgather"]),
-}
 
 
 @pytest.fixture(scope="module")

@@ -21,6 +21,19 @@ TINY = [
 ]
 
 
+# Parallel layouts the tests train in: name -> (processes, overrides).
+LAYOUTS = {
+    "ep2": (2, ["parallel.expert=2"]),
+    "ep4": (4, ["parallel.expert=4"]),
+    "tp2_sp_ep2": (4, ["parallel.tensor=2", "parallel.sequence_parallel=true", "parallel.expert=2"]),
+    "ep2_etp2": (4, ["parallel.expert=2", "parallel.expert_tensor=2"]),
+    "pp2": (2, ["parallel.pipeline=2"]),
+    "pp2_ep2": (4, ["parallel.pipeline=2", "parallel.expert=2"]),
+    "dp2_distopt": (2, ["parallel.distributed_optimizer=true"]),
+    "allgather_ep2": (2, ["parallel.expert=2", "model.moe.token_dispatcher=allgather"]),
+}
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
