@@ -19,8 +19,8 @@ are known, and only the K winners' outputs are needed after (spec §6). So, per 
 Everything stays differentiable: megatron's all_to_all autograd function runs the reverse
 all-to-all in backward, so the task loss reaches the experts through the affinities (the gates
 are not detached) and through the winners' outputs. The source rank never holds [T, E, H].
-Data-dependent split sizes need the kept counts on the host (one device sync, like the
-dispatcher's own split sizes).
+Data-dependent split sizes need the kept counts on the host (device syncs, like the
+dispatcher's own split sizes; the nonzero() calls sync too).
 """
 
 from __future__ import annotations
@@ -48,11 +48,15 @@ def row_affinities(rows: torch.Tensor, chunk_rows: int = 0) -> torch.Tensor:
     return torch.cat([neural_response(part) for part in rows.split(chunk_rows)])
 
 
-def _counts(mask: torch.Tensor, splits) -> Optional[list]:
-    """Kept rows per EP peer, `mask` cut by `splits` (None: one peer, no collective)."""
+def _counts(mask: torch.Tensor, splits: Optional[list]) -> Optional[list]:
+    """Kept rows per EP peer, `mask` cut by `splits` (None: one peer, no collective).
+    Summed on the device by segment, then one host copy (not one sync per peer)."""
     if splits is None:
         return None
-    return [int(part.sum()) for part in mask.split([int(s) for s in splits])]
+    segment = torch.repeat_interleave(torch.arange(len(splits), device=mask.device),
+                                      torch.tensor(splits, device=mask.device))
+    counts = torch.zeros(len(splits), dtype=torch.long, device=mask.device)
+    return counts.index_add_(0, segment, mask.long()).tolist()
 
 
 def _splits(splits) -> Optional[list]:

@@ -140,10 +140,10 @@ def _train(cfg: ExperimentConfig) -> dict:
                     f"the last good checkpoint in {ckpt_root} is kept. Lower train.lr, check the "
                     f"data, or set train.on_nan=skip to skip such steps")
             log.info(f"step {step + 1}: non-finite loss or gradient, step skipped (train.on_nan=skip)")
-            metrics_skip = {"skipped_step": 1.0}
             step += 1
             scheduler.step(increment=t.global_batch_size)
-            log.log_step(step, {**metrics_skip, "lr": scheduler.get_lr(optimizer.param_groups[0])})
+            moe_log.pop(num_micro, step)  # collective; drops the skipped step's MoE records
+            log.log_step(step, {"skipped_step": 1.0, "lr": optimizer.param_groups[0]["lr"]})
             continue
         ok, grad_norm, _ = optimizer.step()
         scheduler.step(increment=t.global_batch_size)
@@ -228,27 +228,17 @@ def _reduce_loss(losses) -> float:
 
 
 def _all_finite(loss: float, chunks) -> bool:
-    bad = 0.0 if math.isfinite(loss) else 1.0
-    for chunk in chunks:
-        for p in chunk.parameters():
-            g = getattr(p, "main_grad", None)
-            if g is not None and not torch.isfinite(g).all():
-                bad = 1.0
-                break
-    flag = torch.tensor([bad], device=_device())
-    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-    return flag.item() == 0.0
-
-
-def _inject_nan_gradient(chunks) -> None:
-    """Fault injection (train.debug_inject_nan_at_step): one rank's gradient goes NaN, so the
-    cross-rank agreement in _all_finite is exercised too."""
-    if dist.get_rank() != 0:
-        return
-    for p in chunks[0].parameters():
-        if getattr(p, "main_grad", None) is not None:
-            p.main_grad.fill_(float("nan"))
-            return
+    """Loss and every local gradient finite, agreed by all ranks (one host sync, not one per
+    parameter: the per-tensor checks stay on the device until the final all-reduce)."""
+    grads = [p.main_grad for c in chunks for p in c.parameters()
+             if getattr(p, "main_grad", None) is not None]
+    bad = torch.zeros(1, device=_device())
+    if grads:
+        bad += torch.stack([torch.isfinite(g).all() for g in grads]).logical_not().any()
+    if not math.isfinite(loss):
+        bad += 1
+    dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+    return bad.item() == 0.0
 
 
 def _clear_moe_tracker() -> None:
