@@ -4,6 +4,10 @@ megatron-core's optimizer, schedules and clip-grad code contain many `device="cu
 `torch.cuda.current_device()` (an int, i.e. cuda:N) device arguments, `.cuda()` calls and
 `param.type() == "torch.cuda.FloatTensor"` checks. Rewriting each call site would mean forking;
 one mode that intercepts torch calls is general and is a no-op where CUDA exists (never installed).
+
+The autograd engine does not carry Python torch-function modes into backward functions; the
+CUDA assumptions megatron makes there are `device=torch.cuda.current_device()` arguments, which
+cuda_stubs answers with the CPU device.
 """
 
 from __future__ import annotations
@@ -42,10 +46,6 @@ class CudaToCpuMode(TorchFunctionMode):
             kwargs["device"] = _CPU
         if func is torch.Tensor.cuda:
             return args[0]
-        if func is torch.Tensor.backward:
-            # A mode is switched off while its handler runs; backward must run with it on, and
-            # torch.autograd.backward does no torch-function dispatch, so this cannot recurse.
-            return _backward_with_mode(self, *args, **kwargs)
         if func is torch.Tensor.to:
             args, kwargs = _strip_cuda_from_to(args, kwargs)
         elif func is torch.Tensor.type and len(args) == 1 and not kwargs:
@@ -58,12 +58,6 @@ def _strip_cuda_from_to(args, kwargs):
     if len(args) >= 2 and _is_cuda_device(args[1]) and not isinstance(args[1], bool):
         args = (args[0], _CPU) + tuple(args[2:])
     return args, kwargs
-
-
-def _backward_with_mode(mode, tensor, gradient=None, retain_graph=None, create_graph=False,
-                        inputs=None):
-    with mode:
-        torch.autograd.backward(tensor, gradient, retain_graph, create_graph, inputs=inputs)
 
 
 _MODE: CudaToCpuMode | None = None

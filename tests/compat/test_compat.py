@@ -48,7 +48,9 @@ def test_streams_events_and_rng_tracker():
     assert not torch.equal(first, second)  # the forked stream advances
 
 
-def test_backward_runs_with_the_mode_on():
+def test_megatron_style_device_arguments_work_inside_backward():
+    # Backward functions run without the torch-function mode; megatron's all-to-all backward
+    # allocates with device=torch.cuda.current_device(), which must name the CPU.
     compat.install()
 
     class Alloc(torch.autograd.Function):
@@ -58,7 +60,7 @@ def test_backward_runs_with_the_mode_on():
 
         @staticmethod
         def backward(ctx, g):
-            return g * torch.ones(g.shape, device="cuda")  # a CUDA literal inside backward
+            return g * torch.ones(g.shape, device=torch.cuda.current_device())
 
     x = torch.ones(3, requires_grad=True)
     Alloc.apply(x).sum().backward()
@@ -90,3 +92,24 @@ def _uneven_collectives(rank, world_size):
 
 def test_gloo_collectives_megatron_needs():
     run_distributed(_uneven_collectives, world_size=2)
+
+
+def test_nothing_is_patched_when_cuda_is_present():
+    # In a fresh interpreter that believes a GPU exists, install() must leave torch alone.
+    import subprocess
+    import sys
+
+    code = (
+        "import torch\n"
+        "torch.cuda.is_available = lambda: True\n"
+        "stream, sync = torch.cuda.Stream, torch.cuda.synchronize\n"
+        "import torch.distributed as dist\n"
+        "a2a = dist.all_to_all_single\n"
+        "from csmoe_megatron import compat\n"
+        "assert compat.install() is False and not compat.is_installed()\n"
+        "assert torch.cuda.Stream is stream and torch.cuda.synchronize is sync\n"
+        "assert dist.all_to_all_single is a2a\n"
+        "assert torch.overrides._get_current_function_mode() is None\n"
+        "print('untouched')\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "untouched" in proc.stdout, proc.stderr[-2000:]
