@@ -241,6 +241,17 @@ def _all_finite(loss: float, chunks) -> bool:
     return bad.item() == 0.0
 
 
+def _inject_nan_gradient(chunks) -> None:
+    """Fault injection (train.debug_inject_nan_at_step): one rank's gradient goes NaN, so the
+    cross-rank agreement in _all_finite is exercised too."""
+    if dist.get_rank() != 0:
+        return
+    for p in chunks[0].parameters():
+        if getattr(p, "main_grad", None) is not None:
+            p.main_grad.fill_(float("nan"))
+            return
+
+
 def _clear_moe_tracker() -> None:
     from megatron.core.transformer.moe.moe_utils import clear_aux_losses_tracker
 

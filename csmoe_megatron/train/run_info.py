@@ -80,7 +80,7 @@ def launch_record(run_dir: Path) -> dict:
         "platform": platform.platform(),
         "libraries": {name: _version(name) for name in _LIBRARIES},
         "accelerator": _accelerator(),
-        "argv": [sys.executable, *sys.argv],
+        "argv": list(getattr(sys, "orig_argv", sys.argv)),
         "env": {k: os.environ[k] for k in _LAUNCH_ENV if k in os.environ},
         "config_sha256": hashlib.sha256(config.read_bytes()).hexdigest()
         if config.is_file() else None,

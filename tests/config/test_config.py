@@ -38,7 +38,6 @@ def test_overrides_are_typed():
     ("train.steps=abc", "train.steps must be an integer"),
     ("parallel.sequence_parallel=3", "must be true or false"),
     ("train.steps", "section.key=value"),
-    ("model.moe.router=sinkhorn", "model.moe.router is 'sinkhorn'"),
 ])
 def test_bad_keys_and_types(override, fragment):
     with pytest.raises(ConfigError, match=fragment):
@@ -46,18 +45,20 @@ def test_bad_keys_and_types(override, fragment):
 
 
 @pytest.mark.parametrize("overrides,world,fragment", [
-    (["parallel.expert=3"], 3, "num_experts \\(4\\) must be divisible by parallel.expert"),
+    (["model.moe.router=sinkhorn"], 2, "model.moe.router is 'sinkhorn'; choose one of"),
+    (["parallel.expert=3"], 3, "num_experts \\(8\\) must be divisible by parallel.expert"),
     (["parallel.tensor=2", "parallel.expert=1"], 3, "not divisible by parallel.tensor"),
     (["parallel.tensor=2", "parallel.expert=1"], 2, "requires parallel.sequence_parallel"),
     (["parallel.tensor=3", "parallel.expert=1", "parallel.sequence_parallel=true"], 3,
      "num_attention_heads \\(4\\) must be divisible by parallel.tensor"),
-    (["parallel.pipeline=3", "parallel.expert=1"], 3, "num_layers \\(2\\) must be divisible"),
+    (["parallel.pipeline=3", "parallel.expert=1"], 3, "num_layers \\(4\\) must be divisible"),
     (["train.global_batch_size=10"], 2, "global_batch_size \\(10\\) must be divisible"),
-    (["model.moe.top_k=5"], 2, "top_k \\(5\\) exceeds"),
+    (["model.moe.top_k=9"], 2, "top_k \\(9\\) exceeds"),
     (["train.tokens=1000"], 2, "exactly one of train.steps and train.tokens"),
     (["train.lr_warmup_steps=500"], 2, "lr_warmup_steps"),
     (["data.source=indexed"], 2, "needs data.prefixes"),
     (["parallel.virtual_pipeline=2", "parallel.expert=1"], 2, "virtual_pipeline needs"),
+    (["model.moe.competesmoe.combine=some"], 2, "model.moe.competesmoe.combine is 'some'"),
 ])
 def test_layout_and_batch_validation(overrides, world, fragment):
     cfg = load_config(REPO / "configs/cpu_tiny.yaml", overrides)

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Submit train.sbatch with the common #SBATCH settings as options.
+#
+#   launch/slurm/submit.sh [--nodes N] [--gpus-per-node G] [--time HH:MM:SS] [--partition P]
+#       [--account A] [--job-name NAME] [--image IMAGE] [--runtime pyxis|apptainer]
+#       [--warn-seconds S] [--dry-run] CONFIG.yaml [section.key=value ...]
+#
+# --image runs every node inside a container (pyxis/enroot by default, or apptainer).
+# --warn-seconds: how long before the time limit SLURM sends SIGUSR1 (save and requeue).
+# --dry-run prints the sbatch command instead of running it.
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+usage() { sed -n '2,10s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; }
+
+opts=() exports="ALL,CSMOE_ROOT=$root" dry_run=0 warn=300
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --nodes | --gpus-per-node | --time | --partition | --account | --job-name)
+            opts+=("$1=${2:?$1 needs a value}"); shift 2 ;;
+        --image) exports+=",CSMOE_CONTAINER_IMAGE=${2:?--image needs a value}"; shift 2 ;;
+        --runtime) exports+=",CSMOE_CONTAINER_RUNTIME=${2:?--runtime needs a value}"; shift 2 ;;
+        --warn-seconds) warn=${2:?--warn-seconds needs a value}; shift 2 ;;
+        --dry-run) dry_run=1; shift ;;
+        -h | --help) usage; exit 0 ;;
+        --) shift; break ;;
+        -*) echo "submit.sh: unknown option $1" >&2; usage >&2; exit 2 ;;
+        *) break ;;
+    esac
+done
+if [ $# -lt 1 ]; then usage >&2; exit 2; fi
+if [ ! -f "$1" ]; then echo "submit.sh: config file not found: $1" >&2; exit 2; fi
+
+cmd=(sbatch "${opts[@]}" --signal="B:USR1@$warn" --export="$exports"
+     "$root/launch/slurm/train.sbatch" "$@")
+if [ "$dry_run" -eq 1 ]; then printf '%q ' "${cmd[@]}"; echo; exit 0; fi
+exec "${cmd[@]}"

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Single-node launch of the trainer with torchrun.
+#
+#   launch/torchrun.sh [--nproc N] [--run-dir DIR] [--dry-run] CONFIG.yaml [section.key=value ...]
+#
+# Processes: one per GPU when GPUs are visible, else --nproc (default 2 on CPU). The backend
+# follows the hardware (parallel.backend=auto: NCCL with GPUs, gloo without). --run-dir sets
+# run.dir. SIGUSR1 or SIGTERM to this script: the workers save a checkpoint and exit 0;
+# running the same command again resumes from it.
+# Environment: CSMOE_TORCHRUN (default "torchrun"), OMP_NUM_THREADS (default: cores / N).
+# shellcheck source-path=SCRIPTDIR
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=lib/hardware.sh
+source "$here/lib/hardware.sh"
+# shellcheck source=lib/signals.sh
+source "$here/lib/signals.sh"
+
+usage() { sed -n '2,10s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; }
+
+procs="" run_dir="" dry_run=0
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --nproc) procs=${2:?--nproc needs a number}; shift 2 ;;
+        --nproc=*) procs=${1#*=}; shift ;;
+        --run-dir) run_dir=${2:?--run-dir needs a directory}; shift 2 ;;
+        --run-dir=*) run_dir=${1#*=}; shift ;;
+        --dry-run) dry_run=1; shift ;;
+        -h | --help) usage; exit 0 ;;
+        --) shift; break ;;
+        -*) echo "torchrun.sh: unknown option $1" >&2; usage >&2; exit 2 ;;
+        *) break ;;
+    esac
+done
+if [ $# -lt 1 ]; then usage >&2; exit 2; fi
+config=$1
+shift
+if [ ! -f "$config" ]; then echo "torchrun.sh: config file not found: $config" >&2; exit 2; fi
+procs=${procs:-$(csmoe_default_nproc)}
+if ! [[ "$procs" =~ ^[1-9][0-9]*$ ]]; then
+    echo "torchrun.sh: --nproc must be a positive integer, got '$procs'" >&2; exit 2
+fi
+
+csmoe_thread_env "$procs"
+csmoe_python_path "$(dirname "$here")"
+args=(--standalone --nproc-per-node "$procs" -m csmoe_megatron.train --config "$config" "$@")
+if [ -n "$run_dir" ]; then args+=("run.dir=$run_dir"); fi
+
+echo "torchrun.sh: ${CSMOE_TORCHRUN:-torchrun} ${args[*]} (OMP_NUM_THREADS=$OMP_NUM_THREADS)" >&2
+if [ "$dry_run" -eq 1 ]; then exit 0; fi
+rc=0
+csmoe_run_torchrun "${args[@]}" || rc=$?
+exit "$rc"

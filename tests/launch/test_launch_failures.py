@@ -1,0 +1,130 @@
+"""Failures for real: NaN gradients (train.on_nan stop / skip, injected with
+train.debug_inject_nan_at_step), a rank killed or hung mid-run (the job ends instead of
+hanging), and damaged checkpoint directories on restart."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import sys
+import time
+
+import pytest
+
+from tests.launch.harness import (CONFIG, REPO, kill_tree, latest, losses, metrics, run, start,
+                                  tail, tiny, wait_until, workers)
+
+LAUNCHER = REPO / "launch" / "torchrun.sh"
+
+
+def _single(run_dir, steps, *extra, timeout=60):
+    """One process without torchrun: the quickest real run."""
+    return run([sys.executable, "-m", "csmoe_megatron.train", "--config", CONFIG,
+                *tiny(steps, "parallel.expert=1", f"run.dir={run_dir}", *extra)], timeout=timeout)
+
+
+def test_nan_with_stop_exits_nonzero_and_keeps_the_last_good_checkpoint(tmp_path):
+    run_dir = tmp_path / "stop"
+    result = run([LAUNCHER, "--nproc", 2, "--run-dir", run_dir, CONFIG,
+                  *tiny(6, "checkpoint.save_interval=2", "train.debug_inject_nan_at_step=4",
+                        "train.on_nan=stop")], timeout=90)
+    out = result.stdout + result.stderr
+    assert result.returncode != 0, tail(out)
+    assert "non-finite loss or gradient at step 4" in out
+    assert "last good checkpoint" in out
+    assert latest(run_dir) == "iter_0000002"
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["iter_0000002", "latest"]
+    assert sorted(losses(run_dir)) == [1, 2, 3]
+
+
+def test_nan_with_skip_skips_that_step_and_finishes(tmp_path):
+    result = _single(tmp_path, 5, "train.debug_inject_nan_at_step=3", "train.on_nan=skip")
+    assert result.returncode == 0, tail(result.stdout + result.stderr)
+    logged = {m["step"]: m for m in metrics(tmp_path)}
+    assert sorted(logged) == [1, 2, 3, 4, 5]
+    assert logged[3].get("skipped_step") == 1.0 and "loss" not in logged[3]
+    assert all("loss" in logged[s] for s in (1, 2, 4, 5))
+    assert latest(tmp_path) == "iter_0000005"
+
+
+def _running_job(tmp_path, timeout_s, **env):
+    run_dir = tmp_path / "run"
+    job = start([LAUNCHER, "--nproc", 2, "--run-dir", run_dir, CONFIG,
+                 *tiny(2000, f"parallel.collective_timeout_s={timeout_s}")],
+                tmp_path / "job.out", **env)
+    wait_until(lambda: len(metrics(run_dir)) >= 1, 60, "the first logged step")
+    wait_until(lambda: len(workers(job)) == 2, 10, "both ranks")
+    return job
+
+
+def test_killed_rank_ends_the_job(tmp_path):
+    job = _running_job(tmp_path, timeout_s=120)
+    try:
+        killed_at = time.monotonic()
+        workers(job)[1].send_signal(signal.SIGKILL)
+        rc = job.wait(timeout=40)
+        took = time.monotonic() - killed_at
+    finally:
+        kill_tree(job)
+    assert rc != 0, tail((tmp_path / "job.out").read_text())
+    assert took < 40  # torchrun tears the group down long before the 120 s collective timeout
+
+
+def test_hung_rank_ends_the_job_after_the_collective_timeout(tmp_path):
+    # A stopped rank never answers: the other rank's collective times out after
+    # parallel.collective_timeout_s and it exits non-zero; torchrun then stops the group and
+    # kills the stopped rank after its grace period (30 s, fixed for a failed worker group).
+    timeout_s, torchrun_grace_s = 5, 30
+    job = _running_job(tmp_path, timeout_s)
+    try:
+        ranks = workers(job)
+        stopped_at = time.monotonic()
+        ranks[1].send_signal(signal.SIGSTOP)
+        ranks[0].wait(timeout=timeout_s + 20)
+        healthy_exit = time.monotonic() - stopped_at
+        rc = job.wait(timeout=torchrun_grace_s + 20)
+        job_end = time.monotonic() - stopped_at
+    finally:
+        kill_tree(job)
+    out = (tmp_path / "job.out").read_text()
+    assert rc != 0, tail(out)
+    assert timeout_s * 0.8 <= healthy_exit <= timeout_s + 10, (healthy_exit, tail(out))
+    assert job_end <= timeout_s + torchrun_grace_s + 15, (job_end, tail(out))
+    error = (tmp_path / "run" / "error_rank0.log").read_text()
+    assert "timed out" in error.lower(), tail(error)
+
+
+@pytest.fixture(scope="module")
+def stopped_at_step_2(tmp_path_factory):
+    """A 4-step run stopped after step 2 (checkpoint iter_0000002); each test gets a copy."""
+    run_dir = tmp_path_factory.mktemp("stopped") / "run"
+    first = _single(run_dir, 4, "train.exit_after_steps=2")
+    assert first.returncode == 0, tail(first.stdout + first.stderr)
+    return run_dir
+
+
+def test_restart_ignores_an_interrupted_save(stopped_at_step_2, tmp_path):
+    shutil.copytree(stopped_at_step_2, tmp_path, dirs_exist_ok=True)
+    ckpts = tmp_path / "checkpoints"
+    # What a save killed midway leaves: a partial directory, newer than the last good one.
+    partial = ckpts / "iter_0000004.partial"
+    partial.mkdir()
+    (partial / "__0_0.distcp").write_bytes(b"truncated")
+    again = _single(tmp_path, 4)
+    out = again.stdout + again.stderr
+    assert again.returncode == 0, tail(out)
+    assert f"resumed from {ckpts}/iter_0000002 at step 2" in out
+    assert sorted(losses(tmp_path)) == [1, 2, 3, 4] and latest(tmp_path) == "iter_0000004"
+    assert not partial.exists()  # replaced by the complete save of step 4
+
+
+def test_latest_naming_an_incomplete_checkpoint_is_refused(stopped_at_step_2, tmp_path):
+    shutil.copytree(stopped_at_step_2, tmp_path, dirs_exist_ok=True)
+    ckpts = tmp_path / "checkpoints"
+    (ckpts / "iter_0000003.partial").mkdir()
+    (ckpts / "latest").write_text("iter_0000003.partial\n")
+    again = _single(tmp_path, 4)
+    out = again.stdout + again.stderr
+    assert again.returncode != 0
+    assert "is not a complete checkpoint" in out and "latest" in out, tail(out)
+    assert sorted(losses(tmp_path)) == [1, 2]  # nothing trained from a damaged state

@@ -1,0 +1,123 @@
+"""launch/slurm/ under a simulated SLURM: srun, scontrol and sbatch are test doubles on PATH
+(tests/launch/doubles) that record their arguments; srun can also run the per-node commands
+on this machine, so two "nodes" train together over a rendezvous at 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+
+from tests.launch.harness import (CONFIG, DOUBLES, REPO, kill_tree, latest, losses, metrics, run,
+                                  run_info, start, tail, tiny, wait_until)
+
+SBATCH = REPO / "launch" / "slurm" / "train.sbatch"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _slurm_env(tmp_path, **extra) -> dict:
+    env = {"SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "csmoe", "SLURM_NNODES": "2",
+           "SLURM_JOB_NODELIST": "127.0.0.[1-2]", "SLURM_SUBMIT_DIR": str(REPO),
+           "SLURM_DOUBLE_LOG": str(tmp_path / "calls.jsonl"),
+           "CSMOE_RDZV_PORT": str(_free_port()), "CSMOE_NPROC_PER_NODE": "1"}
+    from tests.launch.harness import launch_env
+
+    env["PATH"] = f"{DOUBLES}:{launch_env()['PATH']}"
+    env.update(extra)
+    return env
+
+
+def _calls(tmp_path, tool: str) -> list[dict]:
+    log = tmp_path / "calls.jsonl"
+    lines = log.read_text().splitlines() if log.is_file() else []
+    return [c for c in map(json.loads, lines) if c["tool"] == tool]
+
+
+def test_batch_script_runs_one_torchrun_per_node_at_the_first_node(tmp_path):
+    env = _slurm_env(tmp_path, SRUN_DOUBLE_EXEC="1", TORCHRUN_DOUBLE_EXEC="0",
+                     CSMOE_RDZV_PORT="29555", CSMOE_NPROC_PER_NODE="", CUDA_VISIBLE_DEVICES="")
+    env.pop("CSMOE_NPROC_PER_NODE")
+    result = run(["bash", SBATCH, CONFIG, "train.steps=5"], timeout=30, **env)
+    assert result.returncode == 0, result.stderr
+    assert _calls(tmp_path, "scontrol")[0]["args"] == ["show", "hostnames", "127.0.0.[1-2]"]
+    (srun,) = _calls(tmp_path, "srun")
+    assert srun["options"] == ["--nodes=2", "--ntasks=2", "--ntasks-per-node=1",
+                               "--kill-on-bad-exit=1"]
+    assert srun["command"] == ["bash", f"{REPO}/launch/slurm/node.sh", str(CONFIG), "train.steps=5"]
+    per_node = sorted(_calls(tmp_path, "torchrun"), key=lambda c: c["node"])
+    assert [c["node"] for c in per_node] == ["0", "1"]
+    for node, call in enumerate(per_node):
+        assert call["args"] == [
+            "--nnodes", "2", "--nproc-per-node", "2", "--max-restarts", "0",
+            "--rdzv-backend", "c10d", "--rdzv-endpoint", "127.0.0.1:29555",
+            "--rdzv-id", "csmoe-4242", "--rdzv-conf", f"is_host={int(node == 0)}",
+            "-m", "csmoe_megatron.train", "--config", str(CONFIG), "train.steps=5"]
+
+
+def test_containers_are_selected_by_environment(tmp_path):
+    pyxis = run(["bash", SBATCH, CONFIG], timeout=30,
+                **_slurm_env(tmp_path, CSMOE_CONTAINER_IMAGE="nvcr.io#org/csmoe:0.1.0"))
+    assert pyxis.returncode == 0, pyxis.stderr
+    options = _calls(tmp_path, "srun")[-1]["options"]
+    assert "--container-image=nvcr.io#org/csmoe:0.1.0" in options
+    assert f"--container-mounts={REPO}:{REPO}" in options
+    apptainer = run(["bash", SBATCH, CONFIG], timeout=30,
+                    **_slurm_env(tmp_path, CSMOE_CONTAINER_IMAGE="/images/csmoe.sif",
+                                 CSMOE_CONTAINER_RUNTIME="apptainer"))
+    assert apptainer.returncode == 0, apptainer.stderr
+    command = _calls(tmp_path, "srun")[-1]["command"]
+    assert command[:3] == ["apptainer", "exec", "--nv"] and "/images/csmoe.sif" in command
+    assert command[-2:] == ["/opt/csmoe/launch/slurm/node.sh", str(CONFIG)]
+
+
+def test_submit_fills_the_sbatch_options(tmp_path):
+    result = run([REPO / "launch" / "slurm" / "submit.sh", "--nodes", "4", "--gpus-per-node", "8",
+                  "--time", "02:00:00", "--partition", "gpu", "--account", "proj",
+                  "--image", "img.sqsh", "--warn-seconds", "600", CONFIG, "train.steps=9"],
+                 timeout=30, **_slurm_env(tmp_path))
+    assert result.returncode == 0, result.stderr
+    (call,) = _calls(tmp_path, "sbatch")
+    assert call["args"] == [
+        "--nodes=4", "--gpus-per-node=8", "--time=02:00:00", "--partition=gpu",
+        "--account=proj", "--signal=B:USR1@600",
+        f"--export=ALL,CSMOE_ROOT={REPO},CSMOE_CONTAINER_IMAGE=img.sqsh",
+        str(SBATCH), str(CONFIG), "train.steps=9"]
+    header = SBATCH.read_text()
+    for line in ("#SBATCH --requeue", "#SBATCH --signal=B:USR1@", "#SBATCH --output=%x-%j.out"):
+        assert line in header
+
+
+def test_two_nodes_train_save_on_usr1_requeue_and_resume(tmp_path):
+    """Preemption end to end: SIGUSR1 to the batch script (what SLURM sends before the time
+    limit) -> checkpoint on both nodes -> scontrol requeue -> the requeued job resumes."""
+    run_dir = tmp_path / "run"
+    cmd = ["bash", SBATCH, CONFIG, *tiny(40, f"run.dir={run_dir}")]
+    env = _slurm_env(tmp_path, SRUN_DOUBLE_EXEC="1")
+    job = start(cmd, tmp_path / "job1.out", **env)
+    try:
+        wait_until(lambda: len(metrics(run_dir)) >= 1, 60, "the first logged step")
+        job.send_signal(signal.SIGUSR1)
+        assert job.wait(timeout=45) == 0, tail((tmp_path / "job1.out").read_text())
+    finally:
+        kill_tree(job)
+    saved = latest(run_dir)
+    stopped_at = int(saved.split("_")[1])
+    assert 1 <= stopped_at < 40
+    assert _calls(tmp_path, "scontrol")[-1]["args"] == ["requeue", "4242"]
+    assert len(_calls(tmp_path, "torchrun")) == 2  # one per node
+
+    requeued = run(cmd, timeout=90, **{**env, "SLURM_RESTART_COUNT": "1",
+                                       "CSMOE_RDZV_PORT": str(_free_port())})
+    out = requeued.stdout + requeued.stderr
+    assert requeued.returncode == 0, tail(out)
+    assert f"resumed from {run_dir}/checkpoints/{saved} at step {stopped_at}" in out
+    assert sorted(losses(run_dir)) == list(range(1, 41))
+    assert latest(run_dir) == "iter_0000040"
+    second = run_info(run_dir)[1]
+    assert second["resume_checkpoint"] == saved and second["env"]["SLURM_RESTART_COUNT"] == "1"
+    assert len([c for c in _calls(tmp_path, "scontrol") if c["args"][0] == "requeue"]) == 1
