@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import warnings
 from pathlib import Path
 
 import torch
@@ -66,21 +67,37 @@ def _set_rng_state(state: dict) -> None:
     get_cuda_rng_tracker().set_states(state["tracker"])
 
 
-def latest_checkpoint(ckpt_root: Path) -> Path | None:
-    """The checkpoint named by `latest`, if it is complete; None when there is none.
+def _is_complete(path: Path) -> bool:
+    # progress.pt is written last, after every rank's shards (see save_checkpoint).
+    return bool(_ITER_RE.match(path.name)) and (path / "progress.pt").is_file()
 
-    A `latest` naming a missing directory is a damaged checkpoint directory: refuse clearly.
+
+def latest_checkpoint(ckpt_root: Path, report=None) -> Path | None:
+    """The checkpoint to resume from: the one `latest` names, else the newest complete one
+    (said through `report`, default warnings.warn: `latest` was lost or damaged by hand);
+    None when there is none.
+
+    A `latest` naming something that is not a complete checkpoint, with no complete one to fall
+    back to, is refused clearly rather than silently starting from scratch.
     """
+    report = report or warnings.warn
     marker = ckpt_root / LATEST
-    if not marker.is_file():
-        return None
-    name = marker.read_text().strip()
-    path = ckpt_root / name
-    if not _ITER_RE.match(name) or not (path / "progress.pt").is_file():
-        raise RuntimeError(f"{marker} names {name!r}, which is not a complete checkpoint; "
-                           f"point it at a complete iter_NNNNNNN directory or remove it to "
-                           f"start from scratch")
-    return path
+    complete = sorted(p for p in ckpt_root.iterdir() if p.is_dir() and _is_complete(p)) \
+        if ckpt_root.is_dir() else []
+    if marker.is_file():
+        name = marker.read_text().strip()
+        if _is_complete(ckpt_root / name):
+            return ckpt_root / name
+        if not complete:
+            raise RuntimeError(f"{marker} names {name!r}, which is not a complete checkpoint; "
+                               f"point it at a complete iter_NNNNNNN directory or remove it to "
+                               f"start from scratch")
+        report(f"{marker} names {name!r}, which is not a complete checkpoint; resuming "
+                      f"from the newest complete one, {complete[-1].name}")
+    elif complete:
+        report(f"{marker} is missing; resuming from the newest complete checkpoint, "
+                      f"{complete[-1].name}")
+    return complete[-1] if complete else None
 
 
 def save_checkpoint(ckpt_root: Path, step: int, model_chunks, optimizer, scheduler,
@@ -169,6 +186,6 @@ def load_checkpoint(path: Path, model_chunks, optimizer, scheduler) -> dict:
 def _prune(ckpt_root: Path, keep_last: int) -> None:
     if keep_last <= 0:
         return
-    done = sorted(p for p in ckpt_root.iterdir() if p.is_dir() and _ITER_RE.match(p.name))
+    done = sorted(p for p in ckpt_root.iterdir() if p.is_dir() and _is_complete(p))
     for old in done[:-keep_last]:
         shutil.rmtree(old)

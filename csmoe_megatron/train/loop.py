@@ -93,7 +93,7 @@ def _train(cfg: ExperimentConfig) -> dict:
     # Resume.
     step, consumed = 0, 0
     ckpt_root = run_dir / "checkpoints"
-    latest = ckpt.latest_checkpoint(ckpt_root) if cfg.checkpoint.resume else None
+    latest = ckpt.latest_checkpoint(ckpt_root, log.info) if cfg.checkpoint.resume else None
     if latest is not None:
         check_tokenizer_matches_checkpoint(tokenizer, latest)
         progress = ckpt.load_checkpoint(latest, chunks, optimizer, scheduler)

@@ -118,13 +118,14 @@ def test_restart_ignores_an_interrupted_save(stopped_at_step_2, tmp_path):
     assert not partial.exists()  # replaced by the complete save of step 4
 
 
-def test_latest_naming_an_incomplete_checkpoint_is_refused(stopped_at_step_2, tmp_path):
+def test_latest_naming_an_incomplete_checkpoint_falls_back(stopped_at_step_2, tmp_path):
     shutil.copytree(stopped_at_step_2, tmp_path, dirs_exist_ok=True)
     ckpts = tmp_path / "checkpoints"
     (ckpts / "iter_0000003.partial").mkdir()
-    (ckpts / "latest").write_text("iter_0000003.partial\n")
+    (ckpts / "latest").write_text("iter_0000003.partial\n")  # damaged by hand
     again = _single(tmp_path, 4)
     out = again.stdout + again.stderr
-    assert again.returncode != 0
-    assert "is not a complete checkpoint" in out and "latest" in out, tail(out)
-    assert sorted(losses(tmp_path)) == [1, 2]  # nothing trained from a damaged state
+    assert again.returncode == 0, tail(out)
+    assert "newest complete one, iter_0000002" in out, tail(out)
+    assert f"resumed from {ckpts}/iter_0000002 at step 2" in out
+    assert sorted(losses(tmp_path)) == [1, 2, 3, 4] and latest(tmp_path) == "iter_0000004"
