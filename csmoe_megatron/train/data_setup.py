@@ -12,7 +12,7 @@ from ..config.schema import ExperimentConfig
 from ..data import MockTokenizer, build_datasets, parse_blend
 
 
-def resolve_tokenizer_and_prefixes(cfg: ExperimentConfig):
+def resolve_tokenizer_and_prefixes(cfg: ExperimentConfig, say=print):
     """(tokenizer, prefixes, tokenizer_dir or None) for the configured source."""
     source = cfg.data.source
     if source == "mock":
@@ -20,8 +20,11 @@ def resolve_tokenizer_and_prefixes(cfg: ExperimentConfig):
     from tokenizer import load_tokenizer
 
     if source == "default":
-        from ..data.default_corpus import prepare_default_corpus
+        from ..data.default_corpus import default_corpus_info, prepare_default_corpus
 
+        if default_corpus_info() is None:
+            say("preparing the default corpus (Python standard-library docstrings: tokenizer "
+                "training and encoding; first run only, cached)")
         corpus = prepare_default_corpus()  # cached; a file lock makes one rank build it
         return load_tokenizer(corpus.tokenizer_dir), [corpus.prefix], Path(corpus.tokenizer_dir)
     from tokenizer import validate_indexed_prefix

@@ -72,7 +72,7 @@ def _train(cfg: ExperimentConfig) -> dict:
     log = RunLogger(run_dir, is_logging_rank(), cfg.logging.tensorboard, steps)
 
     # Data.
-    tokenizer, prefixes, tokenizer_dir = resolve_tokenizer_and_prefixes(cfg)
+    tokenizer, prefixes, tokenizer_dir = resolve_tokenizer_and_prefixes(cfg, log.info)
     copy_tokenizer_to_run(tokenizer_dir, run_dir)
     vocab = cfg.model.vocab_size or padded_vocab_size(tokenizer.vocab_size, cfg)
     if vocab < tokenizer.vocab_size:
