@@ -42,9 +42,8 @@ from megatron.core.transformer.moe.router import TopKRouter
 from megatron.core.tensor_parallel import reduce_from_tensor_model_parallel_region
 
 from ..config.schema import CompeteSMoEConfig
-from . import context, metrics
+from . import context, metrics, winners_combine
 from .affinity import gates_from_affinity, neural_response
-from . import winners_combine
 from .dispatch import CompetitionAlltoAllDispatcher, build_dispatcher, unit_routing
 from .losses import diversity_loss, router_distillation_loss, routing_agreement
 from .router import CompeteSMoERouter

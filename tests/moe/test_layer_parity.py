@@ -33,20 +33,28 @@ def _worker(rank, world_size, overrides, cs_overrides=None):
     config = make_config(**overrides)
     cs = CompeteSMoEConfig(**(cs_overrides or {}))
     for compete in (False, True):
-        check_parity(config, cs, compete)
+        layer = check_parity(config, cs, compete)
+    # The winners combine is the alltoall dispatcher's; allgather keeps the full one.
+    expect_winners = cs.combine == "winners" and config.moe_token_dispatcher_type == "alltoall"
+    assert layer.combines_winners_only() == expect_winners
 
 
+# combine "winners" (communication-optimal, the default) and "full" (all E outputs back).
+@pytest.mark.parametrize("combine", ["winners", "full"])
 @pytest.mark.parametrize("layout", list(LAYOUTS))
-def test_parity(layout):
+def test_parity(layout, combine):
     world, parallel, overrides = LAYOUTS[layout]
-    run_distributed(_worker, world, parallel=parallel, overrides=overrides)
+    run_distributed(_worker, world, parallel=parallel, overrides=overrides,
+                    cs_overrides=dict(combine=combine))
 
 
-def test_parity_glu_sigmoid_gates_zloss_ep2():
+@pytest.mark.parametrize("combine", ["winners", "full"])
+def test_parity_glu_sigmoid_gates_zloss_ep2(combine):
     run_distributed(_worker, 2, parallel=dict(expert=2),
                     overrides=dict(expert=2, glu=True, z_loss_coeff=1e-3),
                     cs_overrides=dict(gate_norm="sigmoid", diversity_coef=0.1,
-                                      router_loss_coef=0.5, balance_coef=0.2, token_chunk=3))
+                                      router_loss_coef=0.5, balance_coef=0.2, token_chunk=3,
+                                      combine=combine))
 
 
 def _capacity_worker(rank, world_size):
@@ -55,7 +63,8 @@ def _capacity_worker(rank, world_size):
     from tests.moe.layer_harness import check_parity, make_config
 
     config = make_config(expert=2, capacity_factor=0.5)
-    check_parity(config, CompeteSMoEConfig(), compete=True)
+    for combine in ("winners", "full"):
+        check_parity(config, CompeteSMoEConfig(combine=combine), compete=True)
 
 
 def test_competition_is_dropless_under_capacity_factor():

@@ -32,10 +32,13 @@ def test_every_step_competes_and_logs_its_losses(reference):
     assert reference[-1]["loss"] < reference[0]["loss"]
 
 
-@pytest.mark.parametrize("name", COMPETITION_LAYOUTS)
-def test_competition_layout_matches_single_process(name, tmp_path, reference):
+# The layouts run the default combine ("winners" on alltoall); "full" is checked on one.
+@pytest.mark.parametrize("name,combine", [(name, "winners") for name in COMPETITION_LAYOUTS]
+                         + [("ep2", "full")])
+def test_competition_layout_matches_single_process(name, combine, tmp_path, reference):
     nproc, overrides = LAYOUTS[name]
-    run_trainer(nproc, tmp_path, ALWAYS_COMPETE + overrides)
+    run_trainer(nproc, tmp_path,
+                ALWAYS_COMPETE + overrides + [f"model.moe.competesmoe.combine={combine}"])
     got = read_metrics(tmp_path)
     for key in ("loss", "moe/competesmoe_distillation_loss", "moe/layer0/agreement"):
         diffs = [abs(a[key] - b[key]) for a, b in zip(got, reference)]
