@@ -19,6 +19,9 @@ def main(argv=None) -> int:
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     import importlib
 
+    from .. import compat
+
+    compat.quiet_expected_warnings()
     return importlib.import_module(BENCHMARKS[argv[0]]).main(argv[1:]) or 0
 
 

@@ -77,7 +77,6 @@ def _config(args, expert: int):
 
 def _layers(config):
     from megatron.core.models.gpt.moe_module_specs import get_moe_module_spec
-    from megatron.core.transformer.moe.moe_layer import MoELayer
     from megatron.core.transformer.spec_utils import build_module
 
     from ..moe.layer import CompeteSMoELayer

@@ -66,6 +66,11 @@ class ModelConfig:
     attention_dropout: float = 0.0
     moe: MoEConfig = field(default_factory=MoEConfig)
 
+    @property
+    def num_moe_layers(self) -> int:
+        """Layers i with i % moe.layer_freq == 0 are MoE (megatron's moe_layer_freq rule)."""
+        return sum(1 for i in range(self.num_layers) if i % self.moe.layer_freq == 0)
+
 
 @dataclass
 class ParallelConfig:

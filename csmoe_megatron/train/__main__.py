@@ -20,26 +20,11 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-# megatron-core announces each CPU fallback at import; on a machine without CUDA that is the
-# expected state, so these say nothing new (GPU runs keep every warning).
-_EXPECTED_ON_CPU = (r".*(Transformer Engine|Apex).* not installed.*",
-                    r"full scope is deprecated.*",
-                    r".*all_gather_into_tensor. is deprecated.*")
-
-
-def _quiet_expected_cpu_warnings() -> None:
-    import warnings
-
-    import torch
-
-    if not torch.cuda.is_available():
-        for pattern in _EXPECTED_ON_CPU:
-            warnings.filterwarnings("ignore", message=pattern)
-
-
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
-    _quiet_expected_cpu_warnings()
+    from .. import compat
+
+    compat.quiet_expected_warnings()
     rank = os.environ.get("RANK", "0")
     from ..config import ConfigError, load_config
 

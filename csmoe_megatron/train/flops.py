@@ -17,7 +17,7 @@ def parameter_counts(cfg: ExperimentConfig, vocab_size: int) -> tuple[int, int]:
     kv = (m.num_query_groups or m.num_attention_heads) * (h // m.num_attention_heads)
     attn = h * (h + 2 * kv) + h * h  # qkv + output projection
     glu = 3 if m.activation == "swiglu" else 2
-    num_moe = sum(1 for i in range(L) if i % moe.layer_freq == 0)
+    num_moe = m.num_moe_layers
     dense_mlp = glu * h * m.ffn_hidden_size
     expert = glu * h * moe.ffn_hidden_size
     router = h * moe.num_experts

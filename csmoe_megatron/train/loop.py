@@ -32,6 +32,7 @@ from .distributed import destroy_distributed, init_distributed, is_logging_rank,
 from .flops import flops_per_token, parameter_counts, peak_tflops
 from .logger import RunLogger
 from .moe_logging import MoEMetricsLogger
+from .optim import build_optimizer
 from .run_info import record_launch
 from .step import forward_step
 
@@ -86,8 +87,6 @@ def _train(cfg: ExperimentConfig) -> dict:
     chunks = _wrap_ddp(cfg, tconfig, build_model_chunks(cfg, tconfig, vocab))
     tconfig.no_sync_func = [c.no_sync for c in chunks] if len(chunks) > 1 else chunks[0].no_sync
     tconfig.finalize_model_grads_func = finalize_model_grads
-    from .optim import build_optimizer
-
     optimizer, scheduler = build_optimizer(cfg, chunks, steps)
 
     # Resume.
@@ -101,9 +100,9 @@ def _train(cfg: ExperimentConfig) -> dict:
         log.info(f"resumed from {latest} at step {step}")
 
     moe_context.configure_run(seed=t.seed, total_steps=steps,
-                              num_moe_layers=_num_moe_layers(cfg))
+                              num_moe_layers=cfg.model.num_moe_layers)
     moe_log = MoEMetricsLogger(run_dir, log, cfg.logging.routing_images_interval,
-                               _num_moe_layers(cfg))
+                               cfg.model.num_moe_layers)
     train_iters = [MicroBatchIterator(train_ds, t.micro_batch_size, dp_rank, dp_size, consumed)
                    for _ in chunks]
     fwd_bwd = get_forward_backward_func()
@@ -145,7 +144,7 @@ def _train(cfg: ExperimentConfig) -> dict:
             moe_log.pop(num_micro, step)  # collective; drops the skipped step's MoE records
             log.log_step(step, {"skipped_step": 1.0, "lr": optimizer.param_groups[0]["lr"]})
             continue
-        ok, grad_norm, _ = optimizer.step()
+        _, grad_norm, _ = optimizer.step()
         scheduler.step(increment=t.global_batch_size)
         step += 1
         elapsed = time.time() - start
@@ -256,10 +255,6 @@ def _clear_moe_tracker() -> None:
     from megatron.core.transformer.moe.moe_utils import clear_aux_losses_tracker
 
     clear_aux_losses_tracker()
-
-
-def _num_moe_layers(cfg: ExperimentConfig) -> int:
-    return sum(1 for i in range(cfg.model.num_layers) if i % cfg.model.moe.layer_freq == 0)
 
 
 def _device():

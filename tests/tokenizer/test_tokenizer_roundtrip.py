@@ -1,6 +1,5 @@
 """Train, encode, read back with megatron-core's IndexedDataset, and compare token for token."""
 
-import gzip
 import json
 
 import pytest
