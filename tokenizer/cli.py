@@ -27,6 +27,29 @@ def _add_input_options(parser: argparse.ArgumentParser) -> None:
                              "--json-key instead of stopping with an error.")
 
 
+def _add_train_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--vocab-size", type=int, required=True, metavar="N")
+    parser.add_argument("--model-type", choices=("bpe", "unigram"), default="bpe")
+    parser.add_argument("--character-coverage", type=float, default=0.9995, metavar="F",
+                        help="Share of characters covered by the vocabulary (default 0.9995).")
+    parser.add_argument("--byte-fallback", action=argparse.BooleanOptionalAction, default=True,
+                        help="Encode uncovered characters as UTF-8 bytes instead of <unk> (default on).")
+    parser.add_argument("--input-sentence-size", type=int, default=0, metavar="N",
+                        help="Train on a random sample of N lines (0 = all); use e.g. 2000000 for huge corpora.")
+    parser.add_argument("--seed", type=int, default=0, help="Seed for the line sampling.")
+    parser.add_argument("--threads", type=int, default=0, help="SentencePiece trainer threads (0 = all cores).")
+    parser.add_argument("--force", action="store_true",
+                        help="Write into a non-empty output directory that does not already hold a tokenizer.")
+
+
+def _add_encode_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--workers", type=int, default=max(1, min(8, (os.cpu_count() or 1))),
+                        help="Tokenizer processes (default: number of cores, at most 8).")
+    parser.add_argument("--append-eos", action=argparse.BooleanOptionalAction, default=True,
+                        help="Append EOS after every document (default on).")
+    parser.add_argument("--quiet", action="store_true", help="No progress lines on stderr.")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="csmoe-tokenizer", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -35,19 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 description="Writes DIR/tokenizer.model and DIR/tokenizer.json (vocab size and "
                                             "the fixed special ids pad=0 unk=1 bos=2 eos=3).")
     _add_input_options(train)
-    train.add_argument("--vocab-size", type=int, required=True, metavar="N")
     train.add_argument("--output", required=True, metavar="DIR")
-    train.add_argument("--model-type", choices=("bpe", "unigram"), default="bpe")
-    train.add_argument("--character-coverage", type=float, default=0.9995, metavar="F",
-                       help="Share of characters covered by the vocabulary (default 0.9995).")
-    train.add_argument("--byte-fallback", action=argparse.BooleanOptionalAction, default=True,
-                       help="Encode uncovered characters as UTF-8 bytes instead of <unk> (default on).")
-    train.add_argument("--input-sentence-size", type=int, default=0, metavar="N",
-                       help="Train on a random sample of N lines (0 = all); use e.g. 2000000 for huge corpora.")
-    train.add_argument("--seed", type=int, default=0, help="Seed for the line sampling.")
-    train.add_argument("--threads", type=int, default=0, help="SentencePiece trainer threads (0 = all cores).")
-    train.add_argument("--force", action="store_true",
-                       help="Write into a non-empty --output that does not already hold a tokenizer.")
+    _add_train_options(train)
 
     encode = commands.add_parser("encode", help="Tokenize a corpus into PREFIX.bin / PREFIX.idx.",
                                  description="Writes a megatron-core indexed dataset, one document per input "
@@ -55,11 +67,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_input_options(encode)
     encode.add_argument("--tokenizer", required=True, metavar="DIR", help="A directory written by `train`.")
     encode.add_argument("--output-prefix", required=True, metavar="PREFIX", help="Writes PREFIX.bin and PREFIX.idx.")
-    encode.add_argument("--workers", type=int, default=max(1, min(8, (os.cpu_count() or 1))),
-                        help="Tokenizer processes (default: number of cores, at most 8).")
-    encode.add_argument("--append-eos", action=argparse.BooleanOptionalAction, default=True,
-                        help="Append EOS after every document (default on).")
-    encode.add_argument("--quiet", action="store_true", help="No progress lines on stderr.")
+    _add_encode_options(encode)
+
+    prepare = commands.add_parser(
+        "prepare", help="train + encode in one step: a directory of text to training data.",
+        description="Trains a tokenizer into DIR/tokenizer and encodes the same inputs into "
+                    "DIR/corpus.bin/.idx, then prints the csmoe-train overrides that use them.")
+    _add_input_options(prepare)
+    prepare.add_argument("--output", required=True, metavar="DIR")
+    _add_train_options(prepare)
+    _add_encode_options(prepare)
 
     validate = commands.add_parser("validate", help="Check that PREFIX.bin / PREFIX.idx exist and agree.")
     validate.add_argument("prefix", metavar="PREFIX")
@@ -67,25 +84,42 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _train(args: argparse.Namespace, output_dir):
+    from .train import train_tokenizer
+
+    return train_tokenizer(
+        args.input, output_dir, args.vocab_size, model_type=args.model_type,
+        character_coverage=args.character_coverage, byte_fallback=args.byte_fallback,
+        input_sentence_size=args.input_sentence_size, json_key=args.json_key,
+        txt_doc_mode=args.txt_doc_mode, seed=args.seed, skip_bad=args.skip_bad,
+        force=args.force, num_threads=args.threads,
+    )
+
+
+def _encode(args: argparse.Namespace, tokenizer_dir, output_prefix):
+    from .encode import encode_corpus
+
+    return encode_corpus(
+        args.input, tokenizer_dir, output_prefix, workers=args.workers,
+        json_key=args.json_key, txt_doc_mode=args.txt_doc_mode, skip_bad=args.skip_bad,
+        append_eos=args.append_eos, progress=not args.quiet,
+    )
+
+
 def run(args: argparse.Namespace) -> None:
     if args.command == "train":
-        from .train import train_tokenizer
-
-        summary = train_tokenizer(
-            args.input, args.output, args.vocab_size, model_type=args.model_type,
-            character_coverage=args.character_coverage, byte_fallback=args.byte_fallback,
-            input_sentence_size=args.input_sentence_size, json_key=args.json_key,
-            txt_doc_mode=args.txt_doc_mode, seed=args.seed, skip_bad=args.skip_bad,
-            force=args.force, num_threads=args.threads,
-        )
+        summary = _train(args, args.output)
     elif args.command == "encode":
-        from .encode import encode_corpus
+        summary = _encode(args, args.tokenizer, args.output_prefix)
+    elif args.command == "prepare":
+        from pathlib import Path
 
-        summary = encode_corpus(
-            args.input, args.tokenizer, args.output_prefix, workers=args.workers,
-            json_key=args.json_key, txt_doc_mode=args.txt_doc_mode, skip_bad=args.skip_bad,
-            append_eos=args.append_eos, progress=not args.quiet,
-        )
+        out = Path(args.output).resolve()
+        print(_train(args, out / "tokenizer").describe())
+        print(_encode(args, out / "tokenizer", out / "corpus").describe())
+        print(f"train on it with: csmoe-train --config CONFIG data.source=indexed "
+              f"data.tokenizer={out / 'tokenizer'} data.prefixes=[{out / 'corpus'}]")
+        return
     else:
         from .indexed import validate_indexed_prefix
         from .model import load_tokenizer

@@ -113,3 +113,21 @@ def test_train_on_jsonl_gzip_with_unigram(tmp_path, corpus_dir):
     assert summary.sentences > 60 and tok.metadata["model_type"] == "unigram"
     text = generated_documents(3)[2]
     assert tok.decode(tok.encode(text)) == text
+
+
+def test_prepare_goes_from_text_directory_to_training_data(tmp_path, capsys):
+    from tokenizer.cli import main
+
+    corpus = tmp_path / "texts"
+    corpus.mkdir()
+    (corpus / "a.txt").write_text("\n\n".join(f"document {i} says hello to the world" for i in range(200)))
+    (corpus / "b.txt").write_text("\n\n".join(f"another text number {i}" for i in range(100)))
+    out = tmp_path / "prepared"
+    assert main(["prepare", "--input", str(corpus), "--vocab-size", "64", "--output", str(out),
+                 "--workers", "1", "--quiet", "--no-byte-fallback"]) == 0
+    printed = capsys.readouterr().out
+    assert f"data.tokenizer={out / 'tokenizer'}" in printed and f"data.prefixes=[{out / 'corpus'}]" in printed
+    tokenizer = load_tokenizer(out / "tokenizer")
+    documents = read_indexed(out / "corpus")
+    assert len(documents) == 300
+    assert documents[0] == tokenizer.encode("document 0 says hello to the world") + [tokenizer.eos_id]
