@@ -17,7 +17,15 @@ def masked_lm_loss(loss_mask: torch.Tensor, per_token_loss: torch.Tensor):
     return loss_sum, num_tokens, {"lm loss": report}
 
 
+def _to_device(batch: dict) -> dict:
+    # The loader collates on the host; the model lives on this rank's GPU (or the CPU).
+    if not torch.cuda.is_available():
+        return batch
+    device = torch.device("cuda", torch.cuda.current_device())
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
 def forward_step(data_iterator, model):
-    batch = next(data_iterator)
+    batch = _to_device(next(data_iterator))
     output = model(batch["tokens"], batch["position_ids"], None, labels=batch["labels"])
     return output, partial(masked_lm_loss, batch["loss_mask"])
