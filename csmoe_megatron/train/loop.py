@@ -116,7 +116,7 @@ def _train(cfg: ExperimentConfig) -> dict:
              f"{num_micro} micro-batches/step")
 
     metrics: dict = {}
-    first_step = step
+    first_step, train_time = step, 0.0
     while step < steps:
         start = time.time()
         moe_context.set_step(step)
@@ -148,9 +148,12 @@ def _train(cfg: ExperimentConfig) -> dict:
         scheduler.step(increment=t.global_batch_size)
         step += 1
         elapsed = time.time() - start
+        train_time += elapsed
         metrics = {"loss": loss, "lr": optimizer.param_groups[0]["lr"],
                    "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
                    "tokens_per_s": tokens_per_step / elapsed, "step_time_s": elapsed,
+                   # Average since this launch began, over training steps only (no eval/saves).
+                   "tokens_per_s_avg": (step - first_step) * tokens_per_step / train_time,
                    "consumed_samples": train_iters[0].consumed_samples}
         if peak is not None:
             metrics["tflops"] = model_flops / elapsed / dist.get_world_size() / 1e12

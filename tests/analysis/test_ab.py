@@ -12,8 +12,10 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_compare_lines_up_evaluation_steps():
-    runs = {"competesmoe": [{"step": 1, "tokens_per_s": 90.0}, {"step": 2, "val_loss": 3.0, "tokens_per_s": 80.0}],
-            "topk": [{"step": 1, "tokens_per_s": 100.0}, {"step": 2, "val_loss": 3.5, "tokens_per_s": 100.0}]}
+    runs = {"competesmoe": [{"step": 1, "tokens_per_s_avg": 80.0},
+                            {"step": 2, "val_loss": 3.0, "tokens_per_s_avg": 90.0}],
+            "topk": [{"step": 1, "tokens_per_s_avg": 120.0},
+                     {"step": 2, "val_loss": 3.5, "tokens_per_s_avg": 100.0}]}
     report = compare(runs)
     assert report["steps"] == [2]
     assert report["final_val_loss_delta"] == -0.5
