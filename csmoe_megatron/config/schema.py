@@ -140,8 +140,7 @@ class CheckpointConfig:
 
 @dataclass
 class RunConfig:
-    dir: str = "runs/default"
-    name: Optional[str] = None
+    dir: str = "runs/default"  # everything the run writes goes under this directory
 
 
 @dataclass
