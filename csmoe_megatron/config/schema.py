@@ -67,9 +67,13 @@ class ModelConfig:
     moe: MoEConfig = field(default_factory=MoEConfig)
 
     @property
-    def num_moe_layers(self) -> int:
+    def moe_layers(self) -> list[int]:
         """Layers i with i % moe.layer_freq == 0 are MoE (megatron's moe_layer_freq rule)."""
-        return sum(1 for i in range(self.num_layers) if i % self.moe.layer_freq == 0)
+        return [i for i in range(self.num_layers) if i % self.moe.layer_freq == 0]
+
+    @property
+    def num_moe_layers(self) -> int:
+        return len(self.moe_layers)
 
 
 @dataclass

@@ -118,13 +118,21 @@ class CompeteSMoELayer(MoELayer):
         self._register_loss_trackers()
 
     def _register_loss_trackers(self) -> None:
-        # Megatron's tracker reduction iterates over the names present on each rank; create
-        # ours up front so every rank holding a CompeteSMoE layer has them even before (or
-        # without) a competition step, and their collectives match.
+        # Megatron's tracker reduction runs one collective per name present on each rank, so
+        # every rank must hold the same names. Ours appear only on competition steps and the
+        # router's own only on router steps: a pipeline stage whose layers all compete on the
+        # first step would otherwise lack "load_balancing_loss" and hang the reduction. Create
+        # them all up front, with the groups megatron's router uses for its own.
         zero = torch.zeros((), device=self.router.weight.device)
+        layers = self._tracker_layers()
         for name in LOSS_NAMES:
-            save_to_aux_losses_tracker(name, zero, self.layer_number, self._tracker_layers(),
+            save_to_aux_losses_tracker(name, zero, self.layer_number, layers,
                                        reduce_group=self.moe_pg_collection.tp_cp)
+        if self.router.get_aux_loss_coeff("aux_loss") != 0:
+            save_to_aux_losses_tracker("load_balancing_loss", zero, self.layer_number, layers,
+                                       reduce_group=self.router.tp_cp_group)
+        if self.config.moe_z_loss_coeff is not None:
+            save_to_aux_losses_tracker("z_loss", zero, self.layer_number, layers)
 
     def _tracker_layers(self) -> int:
         return self.config.num_layers + (self.config.mtp_num_layers or 0)

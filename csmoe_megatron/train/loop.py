@@ -102,7 +102,7 @@ def _train(cfg: ExperimentConfig) -> dict:
     moe_context.configure_run(seed=t.seed, total_steps=steps,
                               num_moe_layers=cfg.model.num_moe_layers)
     moe_log = MoEMetricsLogger(run_dir, log, cfg.logging.routing_images_interval,
-                               cfg.model.num_moe_layers)
+                               cfg.model.moe_layers, cfg.model.num_layers)
     train_iters = [MicroBatchIterator(train_ds, t.micro_batch_size, dp_rank, dp_size, consumed)
                    for _ in chunks]
     fwd_bwd = get_forward_backward_func()

@@ -19,17 +19,20 @@ from ..moe import metrics as routing_metrics
 
 
 class MoEMetricsLogger:
-    def __init__(self, run_dir: Path, log, images_interval: int, num_moe_layers: int):
+    def __init__(self, run_dir: Path, log, images_interval: int, moe_layers: list[int],
+                 num_layers: int):
         self.log = log
+        self.num_layers = num_layers  # megatron's tracker keeps one row per transformer layer
+        self.moe_index = {layer: k for k, layer in enumerate(moe_layers)}
+        self.num_moe_layers = len(moe_layers)
         self.images_interval = images_interval
-        self.num_moe_layers = num_moe_layers
         self.picture_dir = run_dir / "routing"
         self.agreement_history: list[list[float]] = []  # one row per step with a competition
         self.rate_sum, self.rate_steps = 0.0, 0
 
     def pop(self, num_microbatches: int, step: int) -> dict:
         """Collective over all ranks (every rank calls it once per step)."""
-        out = _pop_aux_losses(num_microbatches)
+        out = _pop_aux_losses(num_microbatches, self.num_layers, self.moe_index)
         out.update(routing_metrics.pop_step_metrics())
         loads = routing_metrics.pop_expert_load()
         if "moe/competition_rate" in out:  # the realised rate since this launch started
@@ -63,19 +66,41 @@ class MoEMetricsLogger:
             write_png(image, self.picture_dir / "agreement.png")
 
 
-def _pop_aux_losses(num_microbatches: int) -> dict:
+def _agree_on_tracked_names(tracker: dict, num_layers: int) -> list[str]:
+    """Every rank must reduce the same names in the same order (one collective each). A pipeline
+    stage without MoE layers (moe.layer_freq > 1), or whose layers have not yet run a kind of
+    step, lacks some names: give it zero rows. Only the pipeline all-reduce spans stages; the
+    tensor/data-parallel reductions stay within a stage, where all ranks hold the same layers."""
+    import torch
+    import torch.distributed as dist
+
+    gathered: list = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, sorted(tracker))
+    names = sorted(set().union(*gathered))
+    device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    for name in names:
+        if name not in tracker:
+            tracker[name] = {"values": torch.zeros(num_layers, device=device), "reduce_group": None,
+                             "avg_group": None, "reduce_group_has_dp": False}
+    return names
+
+
+def _pop_aux_losses(num_microbatches: int, num_layers: int, moe_index: dict[int, int]) -> dict:
+    """Mean over MoE layers and per MoE layer; megatron's rows are per transformer layer, so
+    they are renamed to the MoE-layer index the routing metrics use (moe/layer{L}/...)."""
     out: dict = {}
     tracker = get_moe_layer_wise_logging_tracker()
-    if not tracker:
+    names = _agree_on_tracked_names(tracker, num_layers)
+    if not names:
         return out
-    reduce_aux_losses_tracker_across_ranks()
-    for name, entry in sorted(tracker.items()):
-        values = entry["values"].float() / num_microbatches
+    reduce_aux_losses_tracker_across_ranks(track_names=names)
+    for name in names:
+        values = tracker[name]["values"].float() / num_microbatches
         active = values[values != 0]
         if active.numel():
             out[f"moe/{name.replace(' ', '_')}"] = active.mean().item()
         for layer, v in enumerate(values.tolist()):
-            if v != 0:
-                out[f"moe/layer{layer}/{name.replace(' ', '_')}"] = v
+            if v != 0 and layer in moe_index:
+                out[f"moe/layer{moe_index[layer]}/{name.replace(' ', '_')}"] = v
     clear_aux_losses_tracker()
     return out

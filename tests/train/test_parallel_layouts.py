@@ -6,7 +6,7 @@ layout reads the same global batches, so the losses must agree up to float reduc
 
 import pytest
 
-from tests.train.trainer_runs import LAYOUTS, TINY, losses, run_trainer
+from tests.train.trainer_runs import LAYOUTS, TINY, losses, read_metrics, run_trainer
 
 # Measured on CPU fp32: at most 4.8e-7 over 4 steps; the bound leaves room for reduction order.
 PARITY_ATOL = 2e-4
@@ -41,3 +41,25 @@ def test_interleaved_pipeline_trains(tmp_path):
                                      "model.num_layers=4"])
     got = losses(tmp_path)
     assert len(got) == 4 and got[-1] < got[0]
+
+
+def test_pipeline_stage_without_moe_layers(tmp_path):
+    # Only layer 0 is MoE (layer_freq=4): the second pipeline stage has no MoE layer and must
+    # still take part in the MoE logging reductions (it used to hang them).
+    run_trainer(2, tmp_path, TINY + ["parallel.pipeline=2", "model.num_layers=4",
+                                     "model.moe.layer_freq=4"], timeout=180)
+    records = read_metrics(tmp_path)
+    assert len(records) == 4 and "moe/layer0/load_balancing_loss" in records[-1]
+    assert not any(k.startswith("moe/layer1/") for k in records[-1])
+
+
+@pytest.mark.xfail(strict=True, reason="known gap: interleaved PP with more micro-batches than "
+                   "pipeline stages drifts from the single-process run by ~2e-4 at step 1 "
+                   "(PP without interleaving, and VPP with micro-batches == stages, match)")
+def test_interleaved_pipeline_with_four_microbatches_matches_single_process(tmp_path):
+    four_layers = TINY + ["model.num_layers=4"]
+    run_trainer(1, tmp_path / "ref", four_layers)
+    run_trainer(2, tmp_path / "vpp", four_layers + ["parallel.pipeline=2",
+                                                     "parallel.virtual_pipeline=2"])
+    diffs = [abs(a - b) for a, b in zip(losses(tmp_path / "vpp"), losses(tmp_path / "ref"))]
+    assert max(diffs) < PARITY_ATOL, diffs
