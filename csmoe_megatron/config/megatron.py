@@ -45,6 +45,10 @@ def transformer_config(cfg: ExperimentConfig, use_cpu: bool):
         context_parallel_size=p.context,
         sequence_parallel=p.sequence_parallel,
         pipeline_dtype=params_dtype(cfg),
+        # gloo runs a batch of isend/irecv as separate ops matched in posting order; with
+        # interleaving on a 2-stage ring, next == prev and an activation and a gradient of the
+        # same shape can swap. megatron's unbatched path orders the ops by even/odd rank.
+        batch_p2p_comm=not use_cpu,
         # Precision.
         bf16=bf16,
         params_dtype=params_dtype(cfg),

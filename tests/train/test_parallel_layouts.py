@@ -35,14 +35,6 @@ def test_layout_matches_single_process(name, tmp_path, reference_losses):
     assert got[-1] < got[0]
 
 
-def test_interleaved_pipeline_trains(tmp_path):
-    # Virtual pipeline stages: 4 layers over PP=2 x VPP=2.
-    run_trainer(2, tmp_path, TINY + ["parallel.pipeline=2", "parallel.virtual_pipeline=2",
-                                     "model.num_layers=4"])
-    got = losses(tmp_path)
-    assert len(got) == 4 and got[-1] < got[0]
-
-
 def test_pipeline_stage_without_moe_layers(tmp_path):
     # Only layer 0 is MoE (layer_freq=4): the second pipeline stage has no MoE layer and must
     # still take part in the MoE logging reductions (it used to hang them).
@@ -53,10 +45,10 @@ def test_pipeline_stage_without_moe_layers(tmp_path):
     assert not any(k.startswith("moe/layer1/") for k in records[-1])
 
 
-@pytest.mark.xfail(strict=True, reason="known gap: interleaved PP with more micro-batches than "
-                   "pipeline stages drifts from the single-process run by ~2e-4 at step 1 "
-                   "(PP without interleaving, and VPP with micro-batches == stages, match)")
 def test_interleaved_pipeline_with_four_microbatches_matches_single_process(tmp_path):
+    # More micro-batches than stages: steady-state 1F1B sends an activation and a gradient of the
+    # same shape between the two ranks at once (next == prev on a 2-stage ring). gloo matched
+    # them in posting order and swapped them until batch_p2p_comm was turned off on CPU.
     four_layers = TINY + ["model.num_layers=4"]
     run_trainer(1, tmp_path / "ref", four_layers)
     run_trainer(2, tmp_path / "vpp", four_layers + ["parallel.pipeline=2",
