@@ -10,9 +10,18 @@
 (d) activation memory of each step: bytes of the unique tensors saved for backward
     (torch.autograd.graph.saved_tensors_hooks), which is what a step holds at its peak
     between forward and backward; exact and device-independent, unlike RSS on CPU.
+(e) model FLOPs of one forward + backward (`flops_router_step`, `flops_competition_step`:
+    router GEMM + SwiGLU experts, K a token on router steps, all E on competition steps, which
+    run every expert with gradient), as TFLOP/s per rank of the measured step times
+    (`router_tflops`, `competition_tflops`) and as MFU against the GPU's dense bf16 peak
+    (`router_mfu`, `competition_mfu`; null without a known peak, e.g. on CPU).
 Competition steps are measured with both combines: "winners" (the default: affinities, then
 only the K winners' outputs come back) and "full" (all E outputs come back).
-Single process (EP=1) by default; under torchrun it uses parallel.expert = world size.
+--dtype bf16 builds the layers in bf16 (inputs too; the router stays fp32); JSON "dtype".
+With CUDA the layers and tensors live on GPU LOCAL_RANK over NCCL and every timer waits for the
+GPU (torch.cuda.synchronize); without it, CPU and gloo through the compat layer.
+Single process (EP=1) by default, on a free local port; under torchrun it uses
+parallel.expert = world size.
 Prints a table, then one JSON object as the last line (--json: the JSON line only).
 """
 
@@ -22,9 +31,12 @@ import argparse
 import dataclasses
 import json
 import os
+import socket
 import time
 
 import torch
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 def _parse(argv):
@@ -37,8 +49,16 @@ def _parse(argv):
     p.add_argument("--iters", type=int, default=7)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--dispatcher", default="alltoall", choices=["alltoall", "allgather"])
+    p.add_argument("--dtype", default="fp32", choices=list(DTYPES),
+                   help="parameters and activations (bf16: megatron's bf16=True)")
     p.add_argument("--json", action="store_true", help="print only the JSON line")
     return p.parse_args(argv)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _init_parallel(expert: int):
@@ -49,9 +69,12 @@ def _init_parallel(expert: int):
     from .. import compat
 
     compat.install()
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     if not dist.is_initialized():
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", "29611")
+        if "MASTER_PORT" not in os.environ:  # not torchrun: a fixed port would clash between runs
+            os.environ["MASTER_PORT"] = str(_free_port())
         os.environ.setdefault("RANK", "0")
         os.environ.setdefault("WORLD_SIZE", "1")
         dist.init_process_group("gloo" if not torch.cuda.is_available() else "nccl")
@@ -72,10 +95,11 @@ def _config(args, expert: int):
         activation_func=F.silu, moe_router_load_balancing_type="aux_loss",
         moe_aux_loss_coeff=0.01, moe_token_dispatcher_type=args.dispatcher,
         moe_router_dtype="fp32", moe_permute_fusion=False, bias_activation_fusion=False,
-        gradient_accumulation_fusion=False, use_cpu_initialization=True)
+        gradient_accumulation_fusion=False, bf16=args.dtype == "bf16",
+        params_dtype=DTYPES[args.dtype], use_cpu_initialization=not torch.cuda.is_available())
 
 
-def _layers(config):
+def _layers(config, device):
     from megatron.core.models.gpt.moe_module_specs import get_moe_module_spec
     from megatron.core.transformer.spec_utils import build_module
 
@@ -88,7 +112,7 @@ def _layers(config):
     ours = build_module(spec, config=config)
     ours.set_layer_number(1)
     ours.load_state_dict(native.state_dict(), strict=False)
-    return native.train(), ours.train()
+    return native.to(device).train(), ours.to(device).train()
 
 
 class _A2ACounter:
@@ -138,15 +162,47 @@ def _saved_bytes(layer, x, upstream) -> int:
     return sum(seen.values())
 
 
+def _sync() -> None:
+    """GPU kernels run asynchronously: wait for them, or a timer measures only their launch."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def _time(layer, x, upstream, args) -> float:
     for _ in range(args.warmup):
         _step(layer, x, upstream)
     times = []
     for _ in range(args.iters):
+        _sync()
         start = time.perf_counter()
         _step(layer, x, upstream)
+        _sync()
         times.append(time.perf_counter() - start)
     return min(times)  # min, not median: the CPU is shared and interference only adds time
+
+
+def step_flops(E: int, H: int, F: int, T: int, experts_per_token: int) -> int:
+    """Model FLOPs of one forward + backward over T tokens: the router GEMM (H x E) and
+    `experts_per_token` SwiGLU experts (3 matrices of H x F), 2 FLOPs a multiply-add; the
+    backward (input and weight gradients) costs twice the forward."""
+    forward = 2 * T * (H * E + experts_per_token * 3 * H * F)
+    return 3 * forward
+
+
+def _add_flops(result: dict, args) -> None:
+    """FLOPs of both kinds of step, TFLOP/s per rank at the measured times, MFU if a peak is
+    known. A competition step runs all E experts on every token, with gradient."""
+    from ..train.flops import peak_tflops
+
+    E, K, H, F, T = args.experts, args.top_k, args.hidden, args.ffn, args.tokens
+    peak = peak_tflops()  # dense bf16 peak of this GPU; None on CPU or an unknown GPU
+    result["peak_tflops"] = peak
+    for kind, experts_per_token in (("router", K), ("competition", E)):
+        flops = step_flops(E, H, F, T, experts_per_token)
+        tflops = flops / result[f"{kind}_step_s"] / 1e12
+        result[f"flops_{kind}_step"] = flops
+        result[f"{kind}_tflops"] = tflops
+        result[f"{kind}_mfu"] = tflops / peak if peak else None
 
 
 def measure(args) -> dict:
@@ -157,14 +213,16 @@ def measure(args) -> dict:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     _init_parallel(world)
     config = _config(args, world)
-    native, ours = _layers(config)
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # cuda: LOCAL_RANK's, set above
+    native, ours = _layers(config, device)
     gen = torch.Generator().manual_seed(dist.get_rank())
-    x = torch.randn(args.tokens, 1, args.hidden, generator=gen)
-    upstream = torch.randn(args.tokens, 1, args.hidden, generator=gen)
+    dtype = DTYPES[args.dtype]
+    x = torch.randn(args.tokens, 1, args.hidden, generator=gen).to(device, dtype)
+    upstream = torch.randn(args.tokens, 1, args.hidden, generator=gen).to(device, dtype)
     E, K, H, T = args.experts, args.top_k, args.hidden, args.tokens
     result = {"experts": E, "top_k": K, "hidden": H, "ffn": args.ffn, "tokens_per_rank": T,
-              "ep": world, "dispatcher": args.dispatcher, "device": "cpu" if not
-              torch.cuda.is_available() else torch.cuda.get_device_name()}
+              "ep": world, "dispatcher": args.dispatcher, "dtype": args.dtype, "device": "cpu"
+              if not torch.cuda.is_available() else torch.cuda.get_device_name()}
     context.force_competition(False)
     result["native_router_step_s"] = _time(native, x, upstream, args)
     result["router_step_s"] = _time(ours, x, upstream, args)
@@ -198,6 +256,7 @@ def measure(args) -> dict:
     result["competition_full_over_router"] = (result["competition_full_step_s"]
                                               / result["router_step_s"])
     result["cost_model_E_over_K"] = E / K
+    _add_flops(result, args)
     # Minimum rows of H per token (dispatch + combine), spec §6: router K + K; competition:
     # every expert must see the token (E rows, or one per EP rank if replicated on arrival),
     # back only E scalars (E/H rows) and the K winners' outputs.
@@ -233,10 +292,16 @@ def _table(r: dict) -> str:
          f"{r['native_saved_bytes'] / 2**20:.2f} / {r['router_saved_bytes'] / 2**20:.2f} / "
          f"{r['competition_saved_bytes'] / 2**20:.2f} / "
          f"{r['competition_full_saved_bytes'] / 2**20:.2f} MiB"),
+        ("model GFLOP a step router / competition",
+         f"{r['flops_router_step'] / 1e9:.3f} / {r['flops_competition_step'] / 1e9:.3f}; "
+         f"{r['router_tflops']:.3f} / {r['competition_tflops']:.3f} TFLOP/s a rank; MFU "
+         + ("n/a (no known GPU peak)" if r["router_mfu"] is None else
+            f"{r['router_mfu']:.1%} / {r['competition_mfu']:.1%}")),
     ]
     width = max(len(name) for name, _ in rows)
     head = (f"MoE layer bench: E={r['experts']} K={r['top_k']} H={r['hidden']} F={r['ffn']} "
-            f"T={r['tokens_per_rank']}/rank EP={r['ep']} {r['dispatcher']} on {r['device']}")
+            f"T={r['tokens_per_rank']}/rank EP={r['ep']} {r['dispatcher']} {r['dtype']} "
+            f"on {r['device']}")
     return "\n".join([head] + [f"  {name.ljust(width)}  {value}" for name, value in rows])
 
 

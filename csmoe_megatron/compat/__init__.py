@@ -9,7 +9,8 @@ Each workaround lives in one small module with a one-line reason:
   device_mode.py       CUDA device arguments / .cuda() / type names -> CPU (a TorchFunctionMode)
   cuda_stubs.py        streams, synchronize, current_device, RNG tracker on the CPU generator
   gloo_collectives.py  uneven all-gather / reduce-scatter and tensor split sizes for gloo
-  megatron_fixes.py    small name/shape issues of megatron-core 0.16.1 without TE
+  megatron_fixes.py    small name/shape issues of megatron-core 0.16.1 without TE; applied
+                       with CUDA too (they are megatron's, not the CPU's)
 """
 
 from __future__ import annotations
@@ -25,20 +26,23 @@ def cpu_mode_needed() -> bool:
 
 
 def install(force: bool = False) -> bool:
-    """Activate the CPU compatibility layer if CUDA is absent. Idempotent.
+    """Activate the CPU compatibility layer if CUDA is absent. Idempotent. megatron's own
+    fixes (megatron_fixes.py) are applied in every case.
 
-    Returns True when the layer is active. `force=True` is for tests only.
+    Returns True when the CPU layer is active. `force=True` is for tests only.
     """
     global _INSTALLED
+    from . import megatron_fixes
+
+    megatron_fixes.install()
     if _INSTALLED:
         return True
     if not (force or cpu_mode_needed()):
         return False
-    from . import cuda_stubs, device_mode, gloo_collectives, megatron_fixes
+    from . import cuda_stubs, device_mode, gloo_collectives
 
     cuda_stubs.install()
     gloo_collectives.install()
-    megatron_fixes.install()
     device_mode.install()
     _INSTALLED = True
     return True

@@ -1,4 +1,5 @@
-"""Small defects of megatron-core 0.16.1 that only show without Transformer Engine / CUDA."""
+"""Small defects of megatron-core 0.16.1 that show without Transformer Engine, on CPU and GPU
+alike (compat.install applies them in every case)."""
 
 from __future__ import annotations
 

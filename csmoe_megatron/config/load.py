@@ -111,6 +111,14 @@ def _coerce(tp, value: Any, key: str):
         return _coerce(args[0], value, key)
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, key + ".")
+    if origin is typing.Literal:
+        choices = typing.get_args(tp)
+        if isinstance(value, bool) and {"on", "off"} <= set(choices):
+            return "on" if value else "off"
+        if value not in choices:
+            raise ConfigError(f"{key} is {value!r}; choose one of "
+                              f"{', '.join(map(repr, choices))}")
+        return value
     if tp is bool:
         if isinstance(value, bool):
             return value

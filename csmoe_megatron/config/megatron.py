@@ -16,10 +16,12 @@ def params_dtype(cfg: ExperimentConfig) -> torch.dtype:
     return torch.bfloat16 if cfg.train.precision == "bf16" else torch.float32
 
 
-def transformer_config(cfg: ExperimentConfig, use_cpu: bool):
+def transformer_config(cfg: ExperimentConfig, use_cpu: bool, fast_paths=None):
+    """`fast_paths`: model.fast_paths.FastPaths of this run (None: every fast path off)."""
     from megatron.core.transformer.transformer_config import TransformerConfig
 
     m, moe, p = cfg.model, cfg.model.moe, cfg.parallel
+    fast = fast_paths or _AllOff()
     bf16 = cfg.train.precision == "bf16"
     swiglu = m.activation == "swiglu"
     return TransformerConfig(
@@ -52,12 +54,12 @@ def transformer_config(cfg: ExperimentConfig, use_cpu: bool):
         # Precision.
         bf16=bf16,
         params_dtype=params_dtype(cfg),
-        # Kernels: fused paths need CUDA (and apex/TE); the CPU path uses plain torch.
-        bias_activation_fusion=False,
-        bias_dropout_fusion=False,
-        masked_softmax_fusion=False,
-        apply_rope_fusion=False,
-        gradient_accumulation_fusion=False,
+        # Kernels: fused paths need CUDA (and TE/Apex); model/fast_paths.py decides.
+        bias_activation_fusion=fast.bias_activation_fusion,
+        bias_dropout_fusion=fast.bias_dropout_fusion,
+        masked_softmax_fusion=fast.masked_softmax_fusion,
+        apply_rope_fusion=fast.rope_fusion,
+        gradient_accumulation_fusion=fast.gradient_accumulation_fusion,
         persist_layer_norm=False,
         use_cpu_initialization=use_cpu,
         # MoE.
@@ -71,10 +73,18 @@ def transformer_config(cfg: ExperimentConfig, use_cpu: bool):
         moe_token_dispatcher_type=moe.token_dispatcher,
         moe_expert_capacity_factor=moe.capacity_factor,
         moe_pad_expert_input_to_capacity=moe.pad_to_capacity,
-        moe_grouped_gemm=moe.grouped_gemm,
+        moe_grouped_gemm=fast.grouped_gemm,
         moe_router_dtype="fp32",
-        moe_permute_fusion=False,
+        moe_permute_fusion=fast.permute_fusion,
+        overlap_moe_expert_parallel_comm=p.moe_a2a_overlap,
     )
+
+
+class _AllOff:
+    """No fast path (tests and tools that build a config without resolving them)."""
+
+    def __getattr__(self, name):
+        return False
 
 
 def ddp_config(cfg: ExperimentConfig):
@@ -82,7 +92,8 @@ def ddp_config(cfg: ExperimentConfig):
 
     return DistributedDataParallelConfig(
         grad_reduce_in_fp32=True,
-        overlap_grad_reduce=False,
+        overlap_grad_reduce=cfg.parallel.overlap_grad_reduce,
+        overlap_param_gather=cfg.parallel.overlap_param_gather,
         use_distributed_optimizer=cfg.parallel.distributed_optimizer,
         check_for_nan_in_grad=False,  # our loop checks loss and grad norm itself (train.on_nan)
         bucket_size=None,

@@ -7,7 +7,12 @@ This module imports nothing from the rest of the package or megatron-core.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Literal, Optional
+
+# A GPU fast path: "auto" uses it when CUDA and the library it needs are present (never on
+# CPU), "on" requires it (a clear error says what is missing), "off" never uses it. YAML
+# true/false mean on/off.
+Switch = Literal["auto", "on", "off"]
 
 
 @dataclass
@@ -41,7 +46,7 @@ class MoEConfig:
     z_loss_coeff: Optional[float] = None
     capacity_factor: Optional[float] = None  # None: dropless
     pad_to_capacity: bool = False
-    grouped_gemm: bool = False  # grouped-GEMM experts (GPU); SequentialMLP otherwise
+    grouped_gemm: Switch = "auto"  # grouped-GEMM experts (TE's); SequentialMLP otherwise
     competesmoe: CompeteSMoEConfig = field(default_factory=CompeteSMoEConfig)
 
 
@@ -77,6 +82,21 @@ class ModelConfig:
 
 
 @dataclass
+class KernelsConfig:
+    """GPU fast paths (see Switch). Resolved once per run by model/fast_paths.py, which logs
+    what is on and why anything asked for is off."""
+
+    transformer_engine: Switch = "auto"  # TE layer spec: fused linear+norm, fused attention
+    permute_fusion: Switch = "auto"  # fused token (un)permutation in the dispatcher (TE >= 2.1)
+    gradient_accumulation_fusion: Switch = "auto"  # wgrad GEMM accumulates into main_grad
+    #                                                (TE linears, or Apex's kernel)
+    bias_activation_fusion: Switch = "auto"  # fused SwiGLU / GeLU (megatron's jit fusions)
+    bias_dropout_fusion: Switch = "auto"  # fused residual add + dropout
+    masked_softmax_fusion: Switch = "auto"  # fused softmax of the local attention (its kernels)
+    rope_fusion: Switch = "auto"  # TE's fused rotary embedding
+
+
+@dataclass
 class ParallelConfig:
     tensor: int = 1
     pipeline: int = 1
@@ -86,6 +106,14 @@ class ParallelConfig:
     context: int = 1
     sequence_parallel: bool = False
     distributed_optimizer: bool = False
+    # Overlap DP gradient reduce-scatter/all-reduce with the backward pass, and (distributed
+    # optimizer) the parameter all-gather with the next forward pass (megatron's DDP options).
+    overlap_grad_reduce: bool = False
+    overlap_param_gather: bool = False
+    # Overlap the expert-parallel all-to-all with computation (megatron's combined 1F1B
+    # schedule; router topk only: it splits the MoE layer into dispatch/compute/combine nodes,
+    # which bypasses CompeteSMoE's competition path). Needs bf16 and EP > 1.
+    moe_a2a_overlap: bool = False
     backend: str = "auto"  # "auto": nccl with CUDA, gloo without
     # A collective that waits longer than this (dead or hung peer) raises, so the job exits
     # instead of hanging until the scheduler kills it.
@@ -151,6 +179,7 @@ class RunConfig:
 class ExperimentConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    kernels: KernelsConfig = field(default_factory=KernelsConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=DataConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)

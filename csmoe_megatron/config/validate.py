@@ -110,6 +110,20 @@ def validate(cfg: ExperimentConfig, world_size: int = 1) -> None:
                  f"model.seq_length ({m.seq_length}) must be divisible by parallel.tensor ({p.tensor}) "
                  f"with sequence parallelism")
     _require(p.context == 1, "parallel.context > 1 is not supported yet; set parallel.context=1")
+    _require(not p.overlap_param_gather or p.distributed_optimizer,
+             "parallel.overlap_param_gather needs parallel.distributed_optimizer=true (it "
+             "overlaps the optimizer's parameter all-gather)")
+    if p.moe_a2a_overlap:
+        _require(moe.router == "topk",
+                 "parallel.moe_a2a_overlap needs model.moe.router=topk: megatron's combined "
+                 "1F1B schedule runs the MoE layer as separate dispatch/compute/combine nodes, "
+                 "which bypasses the CompeteSMoE competition step; set it to false")
+        _require(p.expert > 1 and moe.token_dispatcher == "alltoall" and t.precision == "bf16",
+                 "parallel.moe_a2a_overlap needs parallel.expert > 1, "
+                 "model.moe.token_dispatcher=alltoall and train.precision=bf16")
+        _require(p.pipeline == 1 or p.virtual_pipeline,
+                 "parallel.moe_a2a_overlap with parallel.pipeline > 1 needs "
+                 "parallel.virtual_pipeline")
     _require(p.collective_timeout_s > 0,
              f"parallel.collective_timeout_s must be > 0 seconds, got {p.collective_timeout_s}")
 

@@ -1,6 +1,7 @@
 """Layer specs: megatron-core's GPT decoder spec, with our choices plugged in.
 
-* Transformer Engine spec on GPU when TE imports; the local (plain torch) spec otherwise.
+* Transformer Engine spec when the run's fast paths say so (model/fast_paths.py: CUDA and TE
+  present, kernels.transformer_engine not off); the local (plain torch) spec otherwise.
 * Local spec: norms replaced by SequenceParallelTorchNorm (megatron's torch norm refuses SP).
 * moe.router == "competesmoe": the MoE layers' module is the CompeteSMoE layer (a MoELayer
   subclass); "topk" keeps megatron-core's own MoELayer and router as the baseline.
@@ -17,20 +18,8 @@ from ..config.schema import ExperimentConfig
 from .norm import SequenceParallelTorchNorm
 
 
-def transformer_engine_available() -> bool:
-    import torch
-
-    if not torch.cuda.is_available():
-        return False
-    try:
-        import transformer_engine  # noqa: F401
-    except Exception:
-        return False
-    return True
-
-
-def decoder_block_spec(cfg: ExperimentConfig, tconfig, vp_stage=None, pp_rank=None):
-    use_te = transformer_engine_available()
+def decoder_block_spec(cfg: ExperimentConfig, tconfig, vp_stage=None, pp_rank=None,
+                       use_te: bool = False):
     block = get_gpt_decoder_block_spec(tconfig, use_transformer_engine=use_te,
                                        normalization=cfg.model.normalization,
                                        vp_stage=vp_stage, pp_rank=pp_rank)

@@ -33,7 +33,7 @@ class _RunState:
     total_steps: Optional[int] = None
     num_moe_layers: Optional[int] = None
     step: Optional[int] = None
-    forced: Optional[bool] = None
+    forced: Optional[bool | frozenset] = None
 
 
 _STATE = _RunState()
@@ -68,9 +68,10 @@ def is_configured() -> bool:
     return _STATE.seed is not None
 
 
-def force_competition(value: Optional[bool]) -> None:
-    """True: every training forward competes; False: none does; None: follow the schedule."""
-    _STATE.forced = value
+def force_competition(value) -> None:
+    """True: every training forward competes; False: none does; None: follow the schedule;
+    a collection of steps: every MoE layer competes at exactly those steps (checks, tests)."""
+    _STATE.forced = value if value is None or isinstance(value, bool) else frozenset(value)
 
 
 def reset() -> None:
@@ -93,8 +94,10 @@ def schedule(cs_cfg) -> CompetitionSchedule:
 
 def competes(moe_layer_index: int, cs_cfg) -> bool:
     """Whether this (global) MoE layer runs a competition step at the current step."""
-    if _STATE.forced is not None:
+    if isinstance(_STATE.forced, bool):
         return _STATE.forced
+    if _STATE.forced is not None:
+        return _STATE.step in _STATE.forced
     if not is_configured():
         return False
     if _STATE.step is None:

@@ -122,8 +122,11 @@ class CompeteSMoELayer(MoELayer):
         # every rank must hold the same names. Ours appear only on competition steps and the
         # router's own only on router steps: a pipeline stage whose layers all compete on the
         # first step would otherwise lack "load_balancing_loss" and hang the reduction. Create
-        # them all up front, with the groups megatron's router uses for its own.
-        zero = torch.zeros((), device=self.router.weight.device)
+        # them all up front, with the groups megatron's router uses for its own. On the device
+        # the losses will be computed on (the router weight is still on the host at build time).
+        device = torch.device("cuda", torch.cuda.current_device()) \
+            if torch.cuda.is_available() else torch.device("cpu")
+        zero = torch.zeros((), device=device)
         layers = self._tracker_layers()
         for name in LOSS_NAMES:
             save_to_aux_losses_tracker(name, zero, self.layer_number, layers,

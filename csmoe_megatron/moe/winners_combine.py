@@ -19,8 +19,10 @@ are known, and only the K winners' outputs are needed after (spec §6). So, per 
 Everything stays differentiable: megatron's all_to_all autograd function runs the reverse
 all-to-all in backward, so the task loss reaches the experts through the affinities (the gates
 are not detached) and through the winners' outputs. The source rank never holds [T, E, H].
-Data-dependent split sizes need the kept counts on the host (device syncs, like the
-dispatcher's own split sizes; the nonzero() calls sync too).
+The kept rows' split sizes depend on the data: both sides' counts come to the host in one
+read per competing layer (`_host_split_sizes`), as megatron's dispatcher reads its split sizes
+once per layer; everything else stays on the device (the winners' positions come from top-K,
+the kept rows from a fixed-size nonzero).
 """
 
 from __future__ import annotations
@@ -48,19 +50,24 @@ def row_affinities(rows: torch.Tensor, chunk_rows: int = 0) -> torch.Tensor:
     return torch.cat([neural_response(part) for part in rows.split(chunk_rows)])
 
 
-def _counts(mask: torch.Tensor, splits: Optional[list]) -> Optional[list]:
-    """Kept rows per EP peer, `mask` cut by `splits` (None: one peer, no collective).
-    Summed on the device by segment, then one host copy (not one sync per peer)."""
-    if splits is None:
-        return None
-    segment = torch.repeat_interleave(torch.arange(len(splits), device=mask.device),
-                                      torch.tensor(splits, device=mask.device))
-    counts = torch.zeros(len(splits), dtype=torch.long, device=mask.device)
-    return counts.index_add_(0, segment, mask.long()).tolist()
+def _segment_sums(mask: torch.Tensor, splits: list) -> torch.Tensor:
+    """Kept rows per EP peer: `mask` cut by the host-known `splits`, summed on the device."""
+    return torch.stack([part.sum() for part in mask.split(splits)])
 
 
 def _splits(splits) -> Optional[list]:
     return None if splits is None else [int(s) for s in splits]
+
+
+def _host_split_sizes(keep_source: torch.Tensor, keep_expert: torch.Tensor,
+                      sent: Optional[list], received: Optional[list]):
+    """(rows this rank sends back to each peer, rows it receives from each): the one host read
+    of a competition step's combine. None with one EP rank (no collective)."""
+    if sent is None:
+        return None, None
+    counts = torch.cat([_segment_sums(keep_expert, received), _segment_sums(keep_source, sent)])
+    counts = counts.tolist()
+    return counts[: len(received)], counts[len(received):]
 
 
 def compete(dispatcher, experts_compute, hidden_states: torch.Tensor, like: torch.Tensor,
@@ -83,19 +90,21 @@ def compete(dispatcher, experts_compute, hidden_states: torch.Tensor, like: torc
 
     scores = row_affinities(rows, token_chunk * num_experts)  # [R]
     affinity = all_to_all(group, scores, sent, received).view(num_experts, num_tokens).t()
-    gates, winners_mask, _ = gates_from_affinity(affinity, top_k, gate_norm)
+    gates, winners_mask, topk_idx = gates_from_affinity(affinity, top_k, gate_norm)
 
     keep_source = winners_mask.t().reshape(-1)  # expert-major, the order the rows were sent in
     # uint8: gloo/NCCL all-to-all do not take bool.
     keep_expert = all_to_all(group, keep_source.to(torch.uint8), received, sent).bool()
+    send_back, receive = _host_split_sizes(keep_source, keep_expert, sent, received)
+    kept = num_tokens * top_k if send_back is None else sum(send_back)  # one EP rank: T*K
     # index_select, not a boolean index: its backward is an index_add, not an accumulating
-    # index_put (slow on CPU).
-    kept_rows = rows.index_select(0, keep_expert.nonzero().squeeze(1))
-    winner_rows = all_to_all(group, kept_rows, _counts(keep_source, sent),
-                             _counts(keep_expert, received))  # [T*K, H], expert-major
+    # index_put (slow on CPU); nonzero_static: the count is known, no device sync.
+    kept_rows = rows.index_select(0, torch.nonzero_static(keep_expert, size=kept).squeeze(1))
+    winner_rows = all_to_all(group, kept_rows, receive, send_back)  # [T*K, H], expert-major
 
-    # Kept positions e*T + t in send order; regroup them token-major as [T, K].
-    position = keep_source.nonzero().squeeze(1)
+    # Kept positions e*T + t in send order (ascending), from top-K; regroup token-major [T, K].
+    tokens = torch.arange(num_tokens, device=topk_idx.device).unsqueeze(1)
+    position = (topk_idx * num_tokens + tokens).flatten().sort().values
     order = torch.argsort(position % num_tokens, stable=True)
     winner_outs = winner_rows.index_select(0, order).view(num_tokens, top_k, hidden)
     winner_experts = (position // num_tokens)[order].view(num_tokens, top_k)

@@ -21,6 +21,8 @@ import torch
 import torch.distributed as dist
 from megatron.core import dist_checkpointing
 
+from ..model import unwrap
+
 # Distributed-optimizer state as megatron-LM saves it by default: parallel, no gathering; it
 # reshards across TP/PP/EP but keeps the DP size (what a restarted job has).
 _CKPT_METADATA = {"distrib_optim_sharding_type": "dp_reshardable"}
@@ -28,9 +30,8 @@ _ITER_RE = re.compile(r"^iter_(\d{7})$")
 LATEST = "latest"
 
 
-def _unwrap(chunk):
-    # DDP's own sharded_state_dict prefixes "module."; the unwrapped model's keys load back.
-    return getattr(chunk, "module", chunk)
+# DDP's own sharded_state_dict prefixes "module."; the unwrapped model's keys load back.
+_unwrap = unwrap
 
 
 def _model_state(model_chunks: list) -> dict:

@@ -1,6 +1,6 @@
 """Parameter counts and model FLOPs per token (for TFLOP/s and MFU on GPU), from the config:
-6 x active parameters for the matmuls plus the attention score/value products, as in
-Megatron-LM's throughput report."""
+6 x the active parameters that multiply (the output layer does, the embedding lookup does not)
+plus the attention score/value products, as in Megatron-LM's throughput report."""
 
 from __future__ import annotations
 
@@ -32,8 +32,12 @@ def flops_per_token(cfg: ExperimentConfig, vocab_size: int) -> float:
     """Training FLOPs per token on router steps (forward + backward)."""
     _, active = parameter_counts(cfg, vocab_size)
     m = cfg.model
-    output_layer = vocab_size * m.hidden_size if not m.untie_embeddings else 0  # tied: counted once
-    return 6.0 * (active + output_layer) + 6.0 * 2 * m.num_layers * m.seq_length * m.hidden_size
+    embedding = vocab_size * m.hidden_size  # one V x H matrix
+    # The input embedding is a lookup (no FLOPs); the output layer is one V x H matmul, tied
+    # or not. So: every embedding matrix out of `active` (1 tied, 2 untied), the output layer in.
+    matmul_params = active - embedding * (2 if m.untie_embeddings else 1) + embedding
+    attention = 2 * m.num_layers * m.seq_length * m.hidden_size  # QK^T and AV, per token
+    return 6.0 * matmul_params + 6.0 * attention
 
 
 def peak_tflops() -> float | None:

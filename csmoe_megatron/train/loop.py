@@ -15,17 +15,17 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
-from megatron.core.distributed import DistributedDataParallel, finalize_model_grads
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
 from .. import compat
 from ..config import save_config, total_steps, validate
-from ..config.megatron import ddp_config, transformer_config
+from ..config.megatron import transformer_config
 from ..config.schema import ExperimentConfig
 from ..data import MicroBatchIterator
-from ..model import build_model_chunks, padded_vocab_size
+from ..model import build_model_chunks, fast_paths, padded_vocab_size
 from ..moe import context as moe_context
 from . import checkpoint as ckpt
+from . import ddp
 from .data_setup import (build_run_datasets, check_tokenizer_matches_checkpoint,
                          copy_tokenizer_to_run, resolve_tokenizer_and_prefixes)
 from .distributed import destroy_distributed, init_distributed, is_logging_rank, launch_world_size
@@ -49,12 +49,6 @@ def run_training(cfg: ExperimentConfig) -> dict:
         return _train(cfg)
     finally:
         destroy_distributed()
-
-
-def _wrap_ddp(cfg, tconfig, chunks):
-    return [DistributedDataParallel(config=tconfig, ddp_config=ddp_config(cfg), module=chunk,
-                                    disable_bucketing=(i > 0))
-            for i, chunk in enumerate(chunks)]
 
 
 def _train(cfg: ExperimentConfig) -> dict:
@@ -83,10 +77,11 @@ def _train(cfg: ExperimentConfig) -> dict:
     train_ds, valid_ds, _ = build_run_datasets(cfg, tokenizer, prefixes, steps, run_dir)
 
     # Model, optimizer.
-    tconfig = transformer_config(cfg, use_cpu=compat.is_installed())
-    chunks = _wrap_ddp(cfg, tconfig, build_model_chunks(cfg, tconfig, vocab))
-    tconfig.no_sync_func = [c.no_sync for c in chunks] if len(chunks) > 1 else chunks[0].no_sync
-    tconfig.finalize_model_grads_func = finalize_model_grads
+    fast = fast_paths.resolve(cfg)
+    log.info(fast.summary())
+    tconfig = transformer_config(cfg, use_cpu=compat.is_installed(), fast_paths=fast)
+    chunks = ddp.wrap(cfg, tconfig, build_model_chunks(cfg, tconfig, vocab,
+                                                       use_te=fast.transformer_engine))
     optimizer, scheduler = build_optimizer(cfg, chunks, steps)
 
     # Resume.
@@ -101,8 +96,7 @@ def _train(cfg: ExperimentConfig) -> dict:
 
     moe_context.configure_run(seed=t.seed, total_steps=steps,
                               num_moe_layers=cfg.model.num_moe_layers)
-    moe_log = MoEMetricsLogger(run_dir, log, cfg.logging.routing_images_interval,
-                               cfg.model.moe_layers, cfg.model.num_layers)
+    moe_log = MoEMetricsLogger(cfg, run_dir, log, num_micro)
     train_iters = [MicroBatchIterator(train_ds, t.micro_batch_size, dp_rank, dp_size, consumed)
                    for _ in chunks]
     fwd_bwd = get_forward_backward_func()
@@ -129,10 +123,10 @@ def _train(cfg: ExperimentConfig) -> dict:
                          model=chunks if len(chunks) > 1 else chunks[0],
                          num_microbatches=num_micro, seq_length=cfg.model.seq_length,
                          micro_batch_size=t.micro_batch_size, forward_only=False)
-        loss = _reduce_loss(losses)
         if t.debug_inject_nan_at_step == step + 1:
             _inject_nan_gradient(chunks)
-        if not _all_finite(loss, chunks):
+        loss, finite, stop_requested = _step_outcome(losses, chunks, stop_signal.received)
+        if not finite:
             if t.on_nan == "stop":
                 raise TrainingStopped(
                     f"non-finite loss or gradient at step {step + 1}; stopping without saving, "
@@ -141,11 +135,12 @@ def _train(cfg: ExperimentConfig) -> dict:
             log.info(f"step {step + 1}: non-finite loss or gradient, step skipped (train.on_nan=skip)")
             step += 1
             scheduler.step(increment=t.global_batch_size)
-            moe_log.pop(num_micro, step)  # collective; drops the skipped step's MoE records
+            moe_log.end_step(skipped=True)  # drops the skipped step's MoE records
             log.log_step(step, {"skipped_step": 1.0, "lr": optimizer.param_groups[0]["lr"]})
             continue
         _, grad_norm, _ = optimizer.step()
         scheduler.step(increment=t.global_batch_size)
+        moe_log.end_step()
         step += 1
         elapsed = time.time() - start
         train_time += elapsed
@@ -158,22 +153,28 @@ def _train(cfg: ExperimentConfig) -> dict:
         if peak is not None:
             metrics["tflops"] = model_flops / elapsed / dist.get_world_size() / 1e12
             metrics["mfu"] = metrics["tflops"] / peak
-        metrics.update(moe_log.pop(num_micro, step))
-        if t.eval_interval > 0 and (step % t.eval_interval == 0 or step == steps):
-            metrics.update(evaluate(cfg, chunks, valid_ds, dp_rank, dp_size, num_micro, fwd_bwd))
-        if step % cfg.logging.interval == 0 or step == steps or "val_loss" in metrics:
+        if torch.cuda.is_available():  # the allocator's own count: no device sync
+            metrics["mem_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        evaluated = t.eval_interval > 0 and (step % t.eval_interval == 0 or step == steps)
+        if evaluated:
+            with ddp.params_gathered(chunks):
+                metrics.update(evaluate(cfg, chunks, valid_ds, dp_rank, dp_size, num_micro,
+                                        fwd_bwd))
+        # MoE numbers are reduced only when logged (a collective: the same steps on all ranks).
+        if step % cfg.logging.interval == 0 or step == steps or evaluated \
+                or moe_log.images_due(step):
+            metrics.update(moe_log.pop(step))
             log.log_step(step, metrics)
-        elif metrics.get("moe/competition_rate", 0.0) > 0:
-            # Competition steps carry the agreement/affinity numbers: always recorded.
-            log.log_step(step, metrics, console=False)
-        stop_now = stop_signal.agreed() or (
+        stop_now = stop_requested or (
             t.exit_after_steps is not None and step - first_step >= t.exit_after_steps)
         interval = cfg.checkpoint.save_interval
         if (interval > 0 and step % interval == 0) or stop_now or (
                 step == steps and cfg.checkpoint.save_at_end):
-            ckpt.save_checkpoint(ckpt_root, step, chunks, optimizer, scheduler,
-                                 {"step": step, "consumed_samples": train_iters[0].consumed_samples},
-                                 cfg.checkpoint.keep_last, run_dir / "tokenizer")
+            with ddp.params_gathered(chunks):
+                ckpt.save_checkpoint(ckpt_root, step, chunks, optimizer, scheduler,
+                                     {"step": step,
+                                      "consumed_samples": train_iters[0].consumed_samples},
+                                     cfg.checkpoint.keep_last, run_dir / "tokenizer")
             log.info(f"saved checkpoint at step {step}")
         if stop_now:
             log.info(f"stopping early (signal or train.exit_after_steps): checkpoint saved at "
@@ -189,7 +190,7 @@ def evaluate(cfg, chunks, valid_ds, dp_rank, dp_size, num_micro, fwd_bwd) -> dic
     t = cfg.train
     for chunk in chunks:
         chunk.eval()
-    total = torch.zeros(2)
+    total = torch.zeros(2, dtype=torch.float64, device=_device())
     with torch.no_grad():
         iters = [MicroBatchIterator(valid_ds, t.micro_batch_size, dp_rank, dp_size, 0)
                  for _ in chunks]
@@ -208,44 +209,39 @@ def evaluate(cfg, chunks, valid_ds, dp_rank, dp_size, num_micro, fwd_bwd) -> dic
 
 
 def _sum_reports(losses) -> torch.Tensor:
-    total = torch.zeros(2)
+    """(loss sum, token count) of this rank's micro-batches, on the device (no host read)."""
+    total = torch.zeros(2, dtype=torch.float64, device=_device())
     for item in losses or []:
-        total += item["lm loss"].detach().float().cpu()
+        total += item["lm loss"].detach().to(total)
     return total
 
 
 def _global_mean(total: torch.Tensor) -> float:
-    """Sum (loss, tokens) over DP on the last stage, then share it with every rank."""
-    total = total.to(_device())
-    dist.all_reduce(total, group=parallel_state.get_data_parallel_group())
-    # Only last-stage ranks hold the loss; a MAX over the pipeline group hands it to all stages.
-    if parallel_state.get_pipeline_model_parallel_world_size() > 1:
-        dist.all_reduce(total, op=dist.ReduceOp.MAX,
-                        group=parallel_state.get_pipeline_model_parallel_group())
+    """Sum (loss, tokens) over all ranks and divide. Only last-stage ranks hold losses, and each
+    TP rank of a replica holds the same ones, which the ratio cancels."""
+    dist.all_reduce(total)
     return (total[0] / total[1].clamp(min=1)).item()
 
 
-def _reduce_loss(losses) -> float:
-    return _global_mean(_sum_reports(losses))
-
-
-def _all_finite(loss: float, chunks) -> bool:
-    """Loss and every local gradient finite, agreed by all ranks (one host sync, not one per
-    parameter: the per-tensor checks stay on the device until the final all-reduce)."""
+def _step_outcome(losses, chunks, stop_requested: bool) -> tuple[float, bool, bool]:
+    """(mean loss, loss and every gradient finite, a stop signal reached any rank), agreed by
+    every rank in one all-reduce and read in one host sync per step."""
     grads = [p.main_grad for c in chunks for p in c.parameters()
              if getattr(p, "main_grad", None) is not None]
-    bad = torch.zeros(1, device=_device())
+    stats = torch.zeros(4, dtype=torch.float64, device=_device())
+    stats[:2] = _sum_reports(losses)
     if grads:
-        bad += torch.stack([torch.isfinite(g).all() for g in grads]).logical_not().any()
-    if not math.isfinite(loss):
-        bad += 1
-    dist.all_reduce(bad, op=dist.ReduceOp.MAX)
-    return bad.item() == 0.0
+        stats[2] = torch.stack([torch.isfinite(g).all() for g in grads]).logical_not().any()
+    stats[3] = float(stop_requested)
+    dist.all_reduce(stats)
+    loss_sum, tokens, nonfinite, stop = stats.tolist()
+    loss = loss_sum / max(tokens, 1.0)
+    return loss, nonfinite == 0 and math.isfinite(loss), stop > 0
 
 
 def _inject_nan_gradient(chunks) -> None:
     """Fault injection (train.debug_inject_nan_at_step): one rank's gradient goes NaN, so the
-    cross-rank agreement in _all_finite is exercised too."""
+    cross-rank agreement in _step_outcome is exercised too."""
     if dist.get_rank() != 0:
         return
     for p in chunks[0].parameters():
@@ -261,12 +257,14 @@ def _clear_moe_tracker() -> None:
 
 
 def _device():
-    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() \
+        else torch.device("cpu")
 
 
 class _StopSignal:
     """SIGUSR1 (SLURM's pre-timeout warning) or SIGTERM: save a checkpoint and exit cleanly.
-    Ranks receive signals at different times, so the decision is agreed by an all-reduce."""
+    Ranks receive signals at different times, so the decision is agreed in the step's
+    all-reduce (_step_outcome)."""
 
     def __init__(self):
         self.received = False
@@ -275,8 +273,3 @@ class _StopSignal:
 
     def _handle(self, signum, frame):
         self.received = True
-
-    def agreed(self) -> bool:
-        flag = torch.tensor([1.0 if self.received else 0.0], device=_device())
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return flag.item() > 0

@@ -1,55 +1,139 @@
-"""Per-step MoE numbers and pictures for the logger.
+"""MoE numbers and pictures for the logger, reduced once per logging interval.
 
 Numbers: megatron's aux-loss tracker (balance, z-loss, and the CompeteSMoE losses recorded
 through it) plus the CompeteSMoE routing metrics (competition rate, router-competition
 agreement, affinity statistics, expert load). Pictures, every `routing_images_interval` steps:
-an expert-load heatmap (layers x experts) and the agreement history (layers x competition
-steps), to TensorBoard and as PNGs under <run.dir>/routing/.
+an expert-load heatmap (layers x experts) and the agreement history (layers x logged
+intervals with competition), to TensorBoard and as PNGs under <run.dir>/routing/.
+
+Every step, `end_step(skipped)` adds the step's tracker rows and routing rows to the interval's
+device tensors (or drops them for a skipped step): no host sync, no collective. At logging steps
+`pop(step)` sums everything over all ranks in one all-reduce of one tensor and reads it once.
+The names and sizes come from the config, so every rank, on every pipeline stage, reduces the
+same tensor without first agreeing on it.
+
+Reported losses are per-micro-batch means over the interval, per MoE layer: the CompeteSMoE
+losses over its competition micro-batches, the router's over its router micro-batches, each
+averaged over data-parallel replicas (losses computed on token shards under sequence
+parallelism are summed over the shards first, as megatron's tracker does).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+import torch.distributed as dist
 from megatron.core.transformer.moe.moe_utils import (clear_aux_losses_tracker,
-                                                     get_moe_layer_wise_logging_tracker,
-                                                     reduce_aux_losses_tracker_across_ranks)
+                                                     get_moe_layer_wise_logging_tracker)
 
+from ..config.schema import ExperimentConfig
 from ..moe import metrics as routing_metrics
+from ..moe.layer import LOSS_NAMES as COMPETITION_LOSSES
+
+# Losses whose per-rank value is a partial sum over the TP x CP token shards.
+_SHARDED = ("load_balancing_loss",) + COMPETITION_LOSSES
+
+
+def tracked_loss_names(cfg: ExperimentConfig) -> list[str]:
+    """The tracker names a run's MoE layers can record, identical on every rank."""
+    moe = cfg.model.moe
+    names = ["load_balancing_loss"]
+    if moe.z_loss_coeff is not None:
+        names.append("z_loss")
+    if moe.router == "competesmoe":
+        names.extend(COMPETITION_LOSSES)
+    return sorted(names)
+
+
+def _device() -> torch.device:
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() \
+        else torch.device("cpu")
 
 
 class MoEMetricsLogger:
-    def __init__(self, run_dir: Path, log, images_interval: int, moe_layers: list[int],
-                 num_layers: int):
+    def __init__(self, cfg: ExperimentConfig, run_dir: Path, log, num_microbatches: int):
         self.log = log
-        self.num_layers = num_layers  # megatron's tracker keeps one row per transformer layer
-        self.moe_index = {layer: k for k, layer in enumerate(moe_layers)}
-        self.num_moe_layers = len(moe_layers)
-        self.images_interval = images_interval
+        self.names = tracked_loss_names(cfg)
+        self.moe_layers = cfg.model.moe_layers  # transformer-layer index of each MoE layer
+        self.num_experts = cfg.model.moe.num_experts
+        self.num_microbatches = num_microbatches
+        self.images_interval = cfg.logging.routing_images_interval
         self.picture_dir = run_dir / "routing"
-        self.agreement_history: list[list[float]] = []  # one row per step with a competition
+        self.device = _device()
+        world = dist.get_world_size()
+        shards = cfg.parallel.tensor * cfg.parallel.context
+        self.replicas = world // (cfg.parallel.pipeline * shards)  # data-parallel replicas
+        self.shards = shards
+        # Interval sums: megatron's rows are per transformer layer.
+        self.losses = torch.zeros(len(self.names), cfg.model.num_layers, dtype=torch.float64,
+                                  device=self.device)
+        self.steps = 0
+        self.agreement_history: list[list[float]] = []  # one row per logged interval
         self.rate_sum, self.rate_steps = 0.0, 0
 
-    def pop(self, num_microbatches: int, step: int) -> dict:
-        """Collective over all ranks (every rank calls it once per step)."""
-        out = _pop_aux_losses(num_microbatches, self.num_layers, self.moe_index)
-        out.update(routing_metrics.pop_step_metrics())
-        loads = routing_metrics.pop_expert_load()
-        if "moe/competition_rate" in out:  # the realised rate since this launch started
-            self.rate_sum += out["moe/competition_rate"]
-            self.rate_steps += 1
+    def end_step(self, skipped: bool = False) -> None:
+        """Every rank, every step (skipped ones too): no collective, no host sync."""
+        tracker = get_moe_layer_wise_logging_tracker()
+        if not skipped:
+            for i, name in enumerate(self.names):
+                entry = tracker.get(name)
+                if entry is not None:
+                    values = entry["values"]
+                    self.losses[i, : values.numel()] += values[: self.losses.shape[1]]
+            self.steps += 1
+        clear_aux_losses_tracker()
+        routing_metrics.end_step(keep=not skipped)
+
+    def images_due(self, step: int) -> bool:
+        return self.images_interval > 0 and step % self.images_interval == 0
+
+    def pop(self, step: int) -> dict:
+        """Collective over all ranks (every rank calls it at the same steps)."""
+        routing = routing_metrics.interval_table(len(self.moe_layers), self.num_experts,
+                                                 self.device)
+        flat = torch.cat([self.losses.flatten(), routing.flatten()])
+        dist.all_reduce(flat)
+        flat = flat.cpu()  # the one host read of the interval
+        losses = flat[: self.losses.numel()].view_as(self.losses)
+        routing = flat[self.losses.numel():].view_as(routing)
+        steps, self.steps = self.steps, 0
+        self.losses.zero_()
+        out, loads = routing_metrics.metrics_from_table(routing)
+        out.update(self._losses(losses, routing_metrics.competed_fractions(routing), steps))
+        if "moe/competition_rate" in out and steps:  # the realised rate since this launch
+            self.rate_sum += out["moe/competition_rate"] * steps
+            self.rate_steps += steps
             out["moe/competition_rate_cumulative"] = self.rate_sum / self.rate_steps
         self._remember_agreement(out)
-        if self.images_interval > 0 and step % self.images_interval == 0 and self.log.enabled:
+        if self.images_due(step) and self.log.enabled:
             self._draw(loads, step)
         return out
 
+    def _losses(self, sums: torch.Tensor, competed: dict[int, float], steps: int) -> dict:
+        """Interval sums over ranks -> per-micro-batch means (see the module docstring)."""
+        micro = self.num_microbatches * steps
+        out: dict = {}
+        for i, name in enumerate(self.names):
+            per_layer = {}
+            for k, layer in enumerate(self.moe_layers):
+                fraction = competed.get(k, 0.0)
+                kind = fraction if name in COMPETITION_LOSSES else 1.0 - fraction
+                count = micro * kind * self.replicas * (1 if name in _SHARDED else self.shards)
+                if count > 0:
+                    per_layer[k] = float(sums[i, layer]) / count
+            for k, value in per_layer.items():
+                out[f"moe/layer{k}/{name}"] = value
+            if per_layer:
+                out[f"moe/{name}"] = sum(per_layer.values()) / len(per_layer)
+        return out
+
     def _remember_agreement(self, metrics: dict) -> None:
-        values = [metrics.get(f"moe/layer{layer}/agreement") for layer in range(self.num_moe_layers)]
+        values = [metrics.get(f"moe/layer{k}/agreement") for k in range(len(self.moe_layers))]
         if all(v is None for v in values):
             return
         last = self.agreement_history[-1] if self.agreement_history else [0.0] * len(values)
-        # A layer that did not compete this step keeps its last measured value.
+        # A layer that did not compete in this interval keeps its last measured value.
         self.agreement_history.append([last[i] if v is None else v for i, v in enumerate(values)])
 
     def _draw(self, loads: dict, step: int) -> None:
@@ -64,43 +148,3 @@ class MoEMetricsLogger:
             image = agreement_image(self.agreement_history)
             self.log.add_image("moe/router_competition_agreement", image, step)
             write_png(image, self.picture_dir / "agreement.png")
-
-
-def _agree_on_tracked_names(tracker: dict, num_layers: int) -> list[str]:
-    """Every rank must reduce the same names in the same order (one collective each). A pipeline
-    stage without MoE layers (moe.layer_freq > 1), or whose layers have not yet run a kind of
-    step, lacks some names: give it zero rows. Only the pipeline all-reduce spans stages; the
-    tensor/data-parallel reductions stay within a stage, where all ranks hold the same layers."""
-    import torch
-    import torch.distributed as dist
-
-    gathered: list = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, sorted(tracker))
-    names = sorted(set().union(*gathered))
-    device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-    for name in names:
-        if name not in tracker:
-            tracker[name] = {"values": torch.zeros(num_layers, device=device), "reduce_group": None,
-                             "avg_group": None, "reduce_group_has_dp": False}
-    return names
-
-
-def _pop_aux_losses(num_microbatches: int, num_layers: int, moe_index: dict[int, int]) -> dict:
-    """Mean over MoE layers and per MoE layer; megatron's rows are per transformer layer, so
-    they are renamed to the MoE-layer index the routing metrics use (moe/layer{L}/...)."""
-    out: dict = {}
-    tracker = get_moe_layer_wise_logging_tracker()
-    names = _agree_on_tracked_names(tracker, num_layers)
-    if not names:
-        return out
-    reduce_aux_losses_tracker_across_ranks(track_names=names)
-    for name in names:
-        values = tracker[name]["values"].float() / num_microbatches
-        active = values[values != 0]
-        if active.numel():
-            out[f"moe/{name.replace(' ', '_')}"] = active.mean().item()
-        for layer, v in enumerate(values.tolist()):
-            if v != 0 and layer in moe_index:
-                out[f"moe/layer{moe_index[layer]}/{name.replace(' ', '_')}"] = v
-    clear_aux_losses_tracker()
-    return out

@@ -1,23 +1,37 @@
 #!/usr/bin/env bash
 # Submit train.sbatch with the common #SBATCH settings as options.
 #
-#   launch/slurm/submit.sh [--nodes N] [--gpus-per-node G] [--time HH:MM:SS] [--partition P]
-#       [--account A] [--job-name NAME] [--image IMAGE] [--runtime pyxis|apptainer]
-#       [--warn-seconds S] [--dry-run] CONFIG.yaml [section.key=value ...]
+#   launch/slurm/submit.sh [--nodes N] [--gpus-per-node G] [--gres SPEC] [--cpus-per-task N]
+#       [--exclusive] [--time HH:MM:SS] [--partition P] [--account A] [--job-name NAME]
+#       [--image IMAGE] [--runtime pyxis|apptainer] [--warn-seconds S] [--dry-run]
+#       [--] CONFIG.yaml [section.key=value ...]
 #
+# GPUs are requested only by --gpus-per-node G (sbatch --gpus-per-node=G) or --gres SPEC
+# (sbatch --gres=SPEC, e.g. gpu:8 or gpu:h100:8); with neither the job asks for none (CPU).
+# --cpus-per-task: CPUs of the one task per node (train.sbatch: 32); --exclusive: whole nodes.
 # --image runs every node inside a container (pyxis/enroot by default, or apptainer).
 # --warn-seconds: how long before the time limit SLURM sends SIGUSR1 (save and requeue).
+# --job-name: the job's name (default csmoe; the log is NAME-JOBID.out).
 # --dry-run prints the sbatch command instead of running it.
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-usage() { sed -n '2,10s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; }
+usage() { sed -n '2,15s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; }
+
+positive() {  # NAME VALUE: VALUE must be a positive integer
+    if ! [[ "$2" =~ ^[1-9][0-9]*$ ]]; then
+        echo "submit.sh: $1 must be a positive integer, got '$2'" >&2; exit 2
+    fi
+}
 
 opts=() exports="ALL,CSMOE_ROOT=$root" dry_run=0 warn=300
 while [ $# -gt 0 ]; do
     case "$1" in
-        --nodes | --gpus-per-node | --time | --partition | --account | --job-name)
+        --nodes | --gpus-per-node | --time | --partition | --account | --job-name | --gres)
             opts+=("$1=${2:?$1 needs a value}"); shift 2 ;;
+        --cpus-per-task)
+            positive "$1" "${2:?$1 needs a value}"; opts+=("$1=$2"); shift 2 ;;
+        --exclusive) opts+=(--exclusive); shift ;;
         --image) exports+=",CSMOE_CONTAINER_IMAGE=${2:?--image needs a value}"; shift 2 ;;
         --runtime) exports+=",CSMOE_CONTAINER_RUNTIME=${2:?--runtime needs a value}"; shift 2 ;;
         --warn-seconds) warn=${2:?--warn-seconds needs a value}; shift 2 ;;

@@ -8,14 +8,25 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
+SMALL = ["--tokens", "64", "--iters", "1", "--warmup", "0"]
+
+
+def _bench(*args) -> subprocess.Popen:
+    """A single-process `moe-layer --json` run, as a user starts it (no MASTER_PORT set)."""
+    env = {key: value for key, value in os.environ.items() if key != "MASTER_PORT"}
+    return subprocess.Popen([sys.executable, "-m", "csmoe_megatron.bench", "moe-layer", "--json",
+                             *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**env, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
+
+
+def _report(proc: subprocess.Popen) -> dict:
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def test_moe_layer_bench_prints_its_four_figures_as_json_last():
-    proc = subprocess.run([sys.executable, "-m", "csmoe_megatron.bench", "moe-layer", "--json"],
-                          cwd=REPO, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    report = _report(_bench())
     # (a) router step vs megatron's MoELayer, (b) competition vs router against E/K,
     # (c) all-to-all rows per token vs the minimum, (d) memory of both kinds of step.
     for key in ("router_overhead_vs_native", "competition_over_router", "cost_model_E_over_K",
@@ -28,6 +39,29 @@ def test_moe_layer_bench_prints_its_four_figures_as_json_last():
     assert report["competition_saved_bytes"] > report["router_saved_bytes"]
     # The winners combine (the default) moves less than the full one.
     assert report["competition_a2a_rows_per_token"] < report["competition_full_a2a_rows_per_token"]
+    # (e) model FLOPs and their rate; MFU needs a GPU's peak.
+    assert report["dtype"] == "fp32"
+    for key in ("flops_router_step", "flops_competition_step", "router_tflops",
+                "competition_tflops"):
+        assert report[key] > 0, key
+    assert report["flops_competition_step"] > report["flops_router_step"]
+    assert "router_mfu" in report and "competition_mfu" in report
+    if report["device"] == "cpu":
+        assert report["router_mfu"] is None and report["competition_mfu"] is None
+
+
+def test_moe_layer_bench_in_bf16():
+    assert _report(_bench("--dtype", "bf16", *SMALL))["dtype"] == "bf16"
+
+
+def test_two_moe_layer_benches_at_once_do_not_clash_on_a_port():
+    runs = [_bench(*SMALL) for _ in range(2)]  # a fixed default port failed the second
+    try:
+        for run in runs:
+            _report(run)
+    finally:
+        for run in runs:
+            run.kill()  # no-op once it has exited
 
 
 def test_unknown_benchmark_is_a_usage_error():

@@ -24,7 +24,8 @@ def _slurm_env(tmp_path, **extra) -> dict:
     env = {"SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "csmoe", "SLURM_NNODES": "2",
            "SLURM_JOB_NODELIST": "127.0.0.[1-2]", "SLURM_SUBMIT_DIR": str(REPO),
            "SLURM_DOUBLE_LOG": str(tmp_path / "calls.jsonl"),
-           "CSMOE_RDZV_PORT": str(_free_port()), "CSMOE_NPROC_PER_NODE": "1"}
+           "CSMOE_RDZV_PORT": str(_free_port()), "CSMOE_NPROC_PER_NODE": "1",
+           "SLURM_CPUS_PER_TASK": ""}  # empty: unset, even when the tests run in a SLURM job
     from tests.launch.harness import launch_env
 
     env["PATH"] = f"{DOUBLES}:{launch_env()['PATH']}"
@@ -91,6 +92,60 @@ def test_submit_fills_the_sbatch_options(tmp_path):
     for line in ("#SBATCH --requeue", "#SBATCH --signal=B:USR1@", "#SBATCH --output=%x-%j.out"):
         assert line in header
 
+
+
+def _submit(tmp_path, *options: str) -> list[str]:
+    """submit.sh with these options (sbatch double on PATH): the arguments sbatch got."""
+    result = run([REPO / "launch" / "slurm" / "submit.sh", *options, CONFIG], timeout=30,
+                 **_slurm_env(tmp_path))
+    assert result.returncode == 0, result.stderr
+    return _calls(tmp_path, "sbatch")[-1]["args"]
+
+
+def test_submit_requests_gpus_only_when_asked(tmp_path):
+    cpu = _submit(tmp_path, "--nodes", "2")
+    assert not [a for a in cpu if a.startswith(("--gpus", "--gres", "--gpu"))], cpu
+    dry = run([REPO / "launch" / "slurm" / "submit.sh", "--dry-run", CONFIG], timeout=30,
+              **_slurm_env(tmp_path))
+    assert dry.returncode == 0, dry.stderr
+    assert dry.stdout.startswith("sbatch ") and "--gpus" not in dry.stdout
+    assert "--gres" not in dry.stdout
+    assert len(_calls(tmp_path, "sbatch")) == 1  # a dry run submits nothing
+    assert "--gpus-per-node=4" in _submit(tmp_path, "--gpus-per-node", "4")
+    assert "--gres=gpu:h100:8" in _submit(tmp_path, "--gres", "gpu:h100:8")
+    dry = run([REPO / "launch" / "slurm" / "submit.sh", "--dry-run", "--gres", "gpu:8", CONFIG],
+              timeout=30, **_slurm_env(tmp_path))
+    assert "--gres=gpu:8" in dry.stdout.split()
+
+
+def test_submit_passes_exclusive_cpus_and_gres(tmp_path):
+    args = _submit(tmp_path, "--nodes", "2", "--exclusive", "--cpus-per-task", "96",
+                   "--gres", "gpu:8", "--job-name", "smoke")
+    assert args[:5] == ["--nodes=2", "--exclusive", "--cpus-per-task=96", "--gres=gpu:8",
+                        "--job-name=smoke"]
+    assert args[-2:] == [str(SBATCH), str(CONFIG)]
+    bad = run([REPO / "launch" / "slurm" / "submit.sh", "--cpus-per-task", "all", CONFIG],
+              timeout=30, **_slurm_env(tmp_path))
+    assert bad.returncode == 2 and "--cpus-per-task must be a positive integer" in bad.stderr
+    unknown = run([REPO / "launch" / "slurm" / "submit.sh", "--gpus", "8", CONFIG], timeout=30,
+                  **_slurm_env(tmp_path))
+    assert unknown.returncode == 2 and "unknown option --gpus" in unknown.stderr
+
+
+def test_batch_header_takes_whole_node_resources_and_no_gpu():
+    directives = [line.split()[1] for line in SBATCH.read_text().splitlines()
+                  if line.startswith("#SBATCH")]
+    assert "--mem=0" in directives
+    (cpus,) = [d for d in directives if d.startswith("--cpus-per-task=")]
+    assert int(cpus.split("=")[1]) >= 1
+    assert not [d for d in directives if d.startswith(("--gpus", "--gres", "--gpu"))], directives
+
+
+def test_batch_script_gives_the_node_task_the_job_cpus(tmp_path):
+    result = run(["bash", SBATCH, CONFIG], timeout=30,
+                 **_slurm_env(tmp_path, SLURM_CPUS_PER_TASK="48"))
+    assert result.returncode == 0, result.stderr
+    assert "--cpus-per-task=48" in _calls(tmp_path, "srun")[-1]["options"]
 
 def test_two_nodes_train_save_on_usr1_requeue_and_resume(tmp_path):
     """Preemption end to end: SIGUSR1 to the batch script (what SLURM sends before the time

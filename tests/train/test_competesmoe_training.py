@@ -14,7 +14,8 @@ ALWAYS_COMPETE = [o for o in TINY if not o.startswith("model.moe.router")] + [
 ]
 
 # The layouts whose MoE layers see different process groups (PP=2 alone adds nothing here).
-COMPETITION_LAYOUTS = ("ep2", "ep4", "tp2_sp_ep2", "ep2_etp2", "pp2_ep2", "allgather_ep2")
+COMPETITION_LAYOUTS = ("ep2", "ep4", "tp2_sp_ep2", "ep2_etp2", "pp2_ep2", "allgather_ep2",
+                       "ep2_dp4_distopt_overlap")
 
 
 @pytest.fixture(scope="module")

@@ -30,6 +30,10 @@ LAYOUTS = {
     "pp2": (2, ["parallel.pipeline=2"]),
     "pp2_ep2": (4, ["parallel.pipeline=2", "parallel.expert=2"]),
     "dp2_distopt": (2, ["parallel.distributed_optimizer=true"]),
+    # The DP communication overlapped with backward / the next forward (GPU configs use it).
+    "ep2_dp4_distopt_overlap": (4, ["parallel.expert=2", "parallel.distributed_optimizer=true",
+                                    "parallel.overlap_grad_reduce=true",
+                                    "parallel.overlap_param_gather=true"]),
     "allgather_ep2": (2, ["parallel.expert=2", "model.moe.token_dispatcher=allgather"]),
 }
 
