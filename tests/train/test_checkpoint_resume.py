@@ -14,7 +14,13 @@ SIX_STEPS = [o for o in TINY if not o.startswith("train.steps")] + ["train.steps
 @pytest.mark.parametrize("nproc,layout", [
     (1, []),
     (2, ["parallel.expert=2", "parallel.distributed_optimizer=true"]),
-])
+    # The GPU configs' choices: CompeteSMoE with competition steps, bf16 (Float16Module), the
+    # DP communication overlapped (pending parameter all-gathers at the save).
+    (2, ["parallel.expert=2", "parallel.distributed_optimizer=true", "train.precision=bf16",
+         "parallel.overlap_grad_reduce=true", "parallel.overlap_param_gather=true",
+         "model.moe.router=competesmoe", "model.moe.competesmoe.rate=0.5",
+         "model.moe.competesmoe.warmup_fraction=0.0"]),
+], ids=["ep1", "ep2_distopt", "ep2_distopt_bf16_overlap_competesmoe"])
 def test_resume_continues_exactly(tmp_path, nproc, layout):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     run_trainer(nproc, straight, SIX_STEPS + layout)
