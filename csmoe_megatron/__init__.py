@@ -4,4 +4,4 @@ from . import _checkout
 
 __version__ = "0.1.0"
 
-_checkout.install()  # an uninstalled checkout: tokenizer/ under its installed name
+_checkout.install()  # an uninstalled checkout: tokenizer/ and configs/ under their installed names

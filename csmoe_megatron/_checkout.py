@@ -1,6 +1,6 @@
 """A source checkout used without `pip install` (the launch/ scripts put it on PYTHONPATH):
 the folders an install maps to other names (pyproject.toml's package-dir) answer to those
-names here too: tokenizer/ as csmoe_tokenizer.
+names here too, tokenizer/ as csmoe_tokenizer and configs/ as csmoe_megatron.configs.
 
 An installed copy (wheel or editable) is always found first: this finder comes last on
 sys.meta_path, and only in a checkout (pyproject.toml beside the package)."""
@@ -13,7 +13,7 @@ from importlib.abc import MetaPathFinder
 from pathlib import Path
 
 _ROOT = Path(__file__).resolve().parent.parent
-_MAPPED = {"csmoe_tokenizer": "tokenizer"}
+_MAPPED = {"csmoe_tokenizer": "tokenizer", "csmoe_megatron.configs": "configs"}
 
 
 class _CheckoutFinder(MetaPathFinder):
