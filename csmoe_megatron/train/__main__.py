@@ -10,6 +10,8 @@ import sys
 import traceback
 from pathlib import Path
 
+from ..version import add_version_argument
+
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -20,6 +22,7 @@ def _parser() -> argparse.ArgumentParser:
                                     "name of a packaged config, e.g. cpu_tiny")
     p.add_argument("--list-configs", action="store_true",
                    help="list the configs shipped with the package and exit")
+    add_version_argument(p)
     p.add_argument("overrides", nargs="*", help="overrides such as train.steps=20 parallel.expert=2")
     return p
 
