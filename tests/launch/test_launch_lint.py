@@ -1,4 +1,4 @@
-"""Static checks of the launch files: shellcheck on every shell script, hadolint on the
+"""Static checks of the launch files: shellcheck on every shell script (CI's too), hadolint on the
 Dockerfile (each skipped, with the install command, when the linter is absent), and the
 Dockerfile rules that protect the base image's torch and NVIDIA Apex."""
 
@@ -15,7 +15,7 @@ import pytest
 from tests.launch.harness import DOUBLES, REPO
 
 SCRIPTS = sorted([*(REPO / "launch").rglob("*.sh"), REPO / "launch" / "slurm" / "train.sbatch",
-                  DOUBLES / "torchrun"])
+                  DOUBLES / "torchrun", *(REPO / ".ci").iterdir()])
 DOCKERFILE = REPO / "Dockerfile"
 
 
