@@ -18,8 +18,10 @@ _MAPPED = {"csmoe_tokenizer": "tokenizer", "csmoe_megatron.configs": "configs"}
 
 class _CheckoutFinder(MetaPathFinder):
     def find_spec(self, fullname, path=None, target=None):
-        init = _ROOT / _MAPPED.get(fullname, "-") / "__init__.py"
-        if fullname not in _MAPPED or not init.is_file():
+        if fullname not in _MAPPED:
+            return None
+        init = _ROOT / _MAPPED[fullname] / "__init__.py"
+        if not init.is_file():
             return None
         return importlib.util.spec_from_file_location(
             fullname, init, submodule_search_locations=[str(init.parent)])

@@ -11,7 +11,7 @@ def packaged_configs() -> dict[str, Path]:
     """Name (the file name without .yaml) -> file of every shipped config, sorted by name."""
     try:
         folder = resources.files("csmoe_megatron.configs")
-    except ModuleNotFoundError:  # a broken install; the caller says which names exist
+    except ModuleNotFoundError:  # an install without them: --config takes files only
         return {}
     files = sorted(Path(str(f)) for f in folder.iterdir() if f.name.endswith(".yaml"))
     return {f.name.removesuffix(".yaml"): f for f in files}
@@ -29,7 +29,7 @@ def describe(path: Path, width: int = 76) -> str:
 
 
 def listing() -> str:
-    """`csmoe-train --list-configs`: one line per shipped config, name, file and description."""
+    """`csmoe-train --list-configs`: where the shipped configs are, then a line per config."""
     configs = packaged_configs()
     if not configs:
         return "no packaged configs found (is csmoe-megatron installed?)"
