@@ -22,23 +22,29 @@ ENV PYTHONUNBUFFERED=1 \
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 WORKDIR /opt/csmoe
 
-# Dependencies first (a cached layer): the pins from pyproject.toml that the image lacks, with
-# the image's own torch pinned so pip fails rather than replace it. The image's pip constraint
-# file is swapped for that one pin here, as megatron-core's install guide advises. Never the
-# PyPI "apex": it is an unrelated package; NVIDIA Apex ships with the image.
+# Dependencies first (a cached layer): the ones the image lacks, at the versions CI tests
+# (constraints.txt). What the image has stays as it is: its torch is pinned so pip fails rather
+# than replace it (the image's pip constraint file is swapped for that one pin here, as
+# megatron-core's install guide advises), and constraints.txt's pins of packages the image
+# already has (numpy, PyYAML, ...) are dropped. Never the PyPI "apex": it is an unrelated
+# package; NVIDIA Apex ships with the image.
+COPY constraints.txt ./
 RUN python -c "import torch; print(f'torch=={torch.__version__}')" > /tmp/keep-torch.txt \
-    && PIP_CONSTRAINT=/tmp/keep-torch.txt pip install --no-cache-dir \
-        megatron-core==0.16.1 sentencepiece==0.2.3 \
+    && pip list --format=freeze | sed -E 's/==.*//' | tr '_.' '--' | sed -E 's/.*/^&==/' > /tmp/image-has.txt \
+    && grep -v -i -f /tmp/image-has.txt constraints.txt > /tmp/constraints.txt \
+    && PIP_CONSTRAINT=/tmp/keep-torch.txt pip install --no-cache-dir -c /tmp/constraints.txt \
+        megatron-core sentencepiece \
     && python -c "import torch, sys; sys.exit(f'torch=={torch.__version__}' != open('/tmp/keep-torch.txt').read().strip())"
 
-# The package itself, without dependencies (all present above or in the image).
+# The package itself (configs included). Its requirements are ranges: whatever the image still
+# lacks or has outside them is installed under the same constraints.
 COPY pyproject.toml README.md* ./
 COPY csmoe_megatron ./csmoe_megatron
 COPY tokenizer ./tokenizer
 COPY configs ./configs
 COPY launch ./launch
-RUN pip install --no-cache-dir --no-deps . \
-    && python -c "import megatron.core, sentencepiece, tensorboard, yaml, psutil, csmoe_megatron" \
+RUN PIP_CONSTRAINT=/tmp/keep-torch.txt pip install --no-cache-dir -c /tmp/constraints.txt . \
+    && python -c "import megatron.core, sentencepiece, tensorboard, yaml, psutil, csmoe_megatron, csmoe_tokenizer" \
     && useradd --create-home --uid 10001 --shell /bin/bash csmoe \
     && install -d -m 1777 /opt/csmoe/runs
 

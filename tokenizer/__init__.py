@@ -1,4 +1,5 @@
-"""Tokenizer training and corpus preprocessing for csmoe_megatron.
+"""Tokenizer training and corpus preprocessing for csmoe_megatron, installed as the import
+package `csmoe_tokenizer` (PyPI's "tokenizer" project owns the name of this folder).
 
 Python API:
   load_tokenizer(DIR)               -> SentencePieceTokenizer (.vocab_size, .eos_id, .bos_id,

@@ -4,6 +4,8 @@ import argparse
 import os
 import sys
 
+from csmoe_megatron.version import add_version_argument
+
 from .errors import TokenizerUserError
 from .reader import TXT_DOC_MODES
 
@@ -52,6 +54,7 @@ def _add_encode_options(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="csmoe-tokenizer", description=__doc__)
+    add_version_argument(parser)
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="Train a SentencePiece tokenizer into a directory.",

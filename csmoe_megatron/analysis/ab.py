@@ -16,6 +16,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from ..version import add_version_argument
+
 ROUTERS = ("competesmoe", "topk")
 
 
@@ -52,7 +54,8 @@ def compare(runs: dict[str, list[dict]]) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="csmoe-ab", description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", required=True)
+    p.add_argument("--config", required=True, help="YAML experiment file or packaged config name")
+    add_version_argument(p)
     p.add_argument("--nproc", type=int, default=2)
     p.add_argument("--out", default="runs/ab", help="parent directory of the two runs")
     p.add_argument("overrides", nargs="*")

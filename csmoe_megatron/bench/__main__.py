@@ -2,6 +2,7 @@
 
   csmoe-bench moe-layer [--json] ...   CompeteSMoE layer vs megatron-core's MoELayer
   csmoe-bench preprocess ...           tokenizer/encoding throughput, 1 vs 2 workers
+  csmoe-bench --version
 """
 
 from __future__ import annotations
@@ -14,6 +15,11 @@ BENCHMARKS = {"moe-layer": "csmoe_megatron.bench.moe_layer",
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--version"]:
+        from ..version import version_line
+
+        print(version_line())
+        return 0
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in BENCHMARKS:
         print(__doc__.strip(), file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
         return 0 if argv and argv[0] in ("-h", "--help") else 2

@@ -13,7 +13,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from tokenizer import encode_corpus, train_tokenizer
+from csmoe_tokenizer import encode_corpus, train_tokenizer
 
 SHAKESPEARE = Path(__file__).resolve().parents[2].parent / "shared/data/tinyshakespeare.txt"
 

@@ -12,9 +12,12 @@ import argparse
 import sys
 from collections import Counter
 
+from ..version import add_version_argument
+
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="csmoe-check", description=__doc__.split("\n")[0])
+    add_version_argument(p)  # before the subcommand: `csmoe-check --version`
     sub = p.add_subparsers(dest="check", required=True)
     cuda = sub.add_parser("cuda", help="CUDA/NCCL semantics of a config, on CPU")
     cuda.add_argument("--config", required=True, help="YAML experiment, e.g. "

@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from .packaged import packaged_configs
 from .schema import ExperimentConfig
 
 
@@ -25,10 +26,7 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
     """Read a YAML experiment (or the defaults when path is None) and apply dotted overrides."""
     raw: dict = {}
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist: pass --config with a YAML file "
-                              f"(for example configs/cpu_tiny.yaml)")
+        path = resolve_config_path(path)
         try:
             raw = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as e:
@@ -39,6 +37,22 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
         key, value = _parse_override(item)
         _set_dotted(raw, key, value)
     return from_dict(raw)
+
+
+def resolve_config_path(path: str | Path) -> Path:
+    """A file that exists; otherwise a bare name (`cpu_tiny` or `cpu_tiny.yaml`) of a config
+    shipped with the package, so the examples work from any directory after an install."""
+    given = Path(path)
+    if given.is_file():
+        return given
+    shipped = packaged_configs()
+    name = given.name.removesuffix(".yaml")
+    if len(given.parts) == 1 and name in shipped:
+        return shipped[name]
+    names = ", ".join(shipped) or "none found"
+    raise ConfigError(f"config file {given} does not exist: pass --config with a YAML file "
+                      f"(for example configs/cpu_tiny.yaml) or the name of a packaged config "
+                      f"({names}; csmoe-train --list-configs shows them)")
 
 
 def from_dict(raw: dict) -> ExperimentConfig:

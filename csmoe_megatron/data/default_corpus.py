@@ -97,7 +97,7 @@ def write_corpus_jsonl(path: Path) -> tuple[int, int]:
 
 
 def _build(directory: Path, vocab_size: int) -> dict:
-    from tokenizer import encode_corpus, train_tokenizer
+    from csmoe_tokenizer import encode_corpus, train_tokenizer
 
     timings = {}
     start = time.perf_counter()

@@ -1,5 +1,6 @@
 """`csmoe-train --config FILE [section.key=value ...]`; under torchrun, one process per rank:
-`torchrun --nproc-per-node N -m csmoe_megatron.train --config FILE ...`."""
+`torchrun --nproc-per-node N -m csmoe_megatron.train --config FILE ...`. FILE may also be the
+name of a packaged config (`--config cpu_tiny`); `csmoe-train --list-configs` lists them."""
 
 from __future__ import annotations
 
@@ -9,19 +10,33 @@ import sys
 import traceback
 from pathlib import Path
 
+from ..version import add_version_argument
+
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="csmoe-train",
         description="Pretrain a megatron-core MoE model (CompeteSMoE or top-K routing) from a "
                     "YAML experiment. Extra arguments section.key=value override the YAML.")
-    p.add_argument("--config", required=True, help="YAML experiment file, e.g. configs/cpu_tiny.yaml")
+    p.add_argument("--config", help="YAML experiment file, e.g. configs/cpu_tiny.yaml, or the "
+                                    "name of a packaged config, e.g. cpu_tiny")
+    p.add_argument("--list-configs", action="store_true",
+                   help="list the configs shipped with the package and exit")
+    add_version_argument(p)
     p.add_argument("overrides", nargs="*", help="overrides such as train.steps=20 parallel.expert=2")
     return p
 
 
 def main(argv=None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.list_configs:
+        from ..config.packaged import listing
+
+        print(listing())
+        return 0
+    if args.config is None:
+        parser.error("--config is required (a YAML file or a packaged config: see --list-configs)")
     from .. import compat
 
     compat.quiet_expected_warnings()

@@ -17,7 +17,7 @@ def resolve_tokenizer_and_prefixes(cfg: ExperimentConfig, say=print):
     source = cfg.data.source
     if source == "mock":
         return MockTokenizer(vocab_size=cfg.model.vocab_size), None, None
-    from tokenizer import load_tokenizer
+    from csmoe_tokenizer import load_tokenizer
 
     if source == "default":
         from ..data.default_corpus import default_corpus_info, prepare_default_corpus
@@ -27,7 +27,7 @@ def resolve_tokenizer_and_prefixes(cfg: ExperimentConfig, say=print):
                 "training and encoding; first run only, cached)")
         corpus = prepare_default_corpus()  # cached; a file lock makes one rank build it
         return load_tokenizer(corpus.tokenizer_dir), [corpus.prefix], Path(corpus.tokenizer_dir)
-    from tokenizer import validate_indexed_prefix
+    from csmoe_tokenizer import validate_indexed_prefix
 
     tok = load_tokenizer(cfg.data.tokenizer)
     try:

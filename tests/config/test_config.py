@@ -7,6 +7,7 @@ import pytest
 import yaml
 
 from csmoe_megatron.config import (ConfigError, load_config, save_config, total_steps, validate)
+from csmoe_megatron.config.packaged import packaged_configs
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -86,3 +87,24 @@ def test_resolved_config_round_trips(tmp_path):
     again = load_config(tmp_path / "config.yaml")
     assert again == cfg
     assert yaml.safe_load((tmp_path / "config.yaml").read_text())["train"]["steps"] == 11
+
+
+def test_a_bare_name_is_a_packaged_config(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no configs/ here: the names resolve to the package's copies
+    for name in ("cpu_tiny", "cpu_tiny.yaml"):
+        assert load_config(name) == load_config(REPO / "configs/cpu_tiny.yaml")
+    assert set(packaged_configs()) == {p.stem for p in (REPO / "configs").glob("*.yaml")}
+
+
+def test_an_existing_file_wins_over_a_packaged_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "cpu_tiny").write_text("train:\n  steps: 7\n")
+    assert load_config("cpu_tiny").train.steps == 7
+
+
+def test_unknown_names_and_missing_paths_list_the_packaged_configs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for given in ("cpu_small", "configs/cpu_tiny.yaml"):  # only bare names are looked up
+        with pytest.raises(ConfigError, match=r"does not exist.*cpu_tiny, gpu_node_competesmoe"
+                                              r".*--list-configs"):
+            load_config(given)

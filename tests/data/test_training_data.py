@@ -7,7 +7,7 @@ import pytest
 from csmoe_megatron.config import load_config
 from csmoe_megatron.data import MicroBatchIterator, build_datasets, parse_blend
 from tests.train.trainer_runs import losses, read_metrics, run_trainer
-from tokenizer import encode_corpus, load_tokenizer, train_tokenizer
+from csmoe_tokenizer import encode_corpus, load_tokenizer, train_tokenizer
 
 REPO = Path(__file__).resolve().parents[2]
 SHAKESPEARE = REPO.parent / "shared/data/tinyshakespeare.txt"

@@ -1,4 +1,4 @@
-"""Static checks of the launch files: shellcheck on every shell script, hadolint on the
+"""Static checks of the launch files: shellcheck on every shell script (CI's too), hadolint on the
 Dockerfile (each skipped, with the install command, when the linter is absent), and the
 Dockerfile rules that protect the base image's torch and NVIDIA Apex."""
 
@@ -15,7 +15,7 @@ import pytest
 from tests.launch.harness import DOUBLES, REPO
 
 SCRIPTS = sorted([*(REPO / "launch").rglob("*.sh"), REPO / "launch" / "slurm" / "train.sbatch",
-                  DOUBLES / "torchrun"])
+                  DOUBLES / "torchrun", *(REPO / ".ci").iterdir()])
 DOCKERFILE = REPO / "Dockerfile"
 
 
@@ -52,6 +52,7 @@ def test_dockerfile_keeps_the_image_torch_and_never_installs_pypi_apex():
     installs = " ".join(re.findall(r"pip install[^&]*", text))
     assert not re.search(r"(^|\s)(apex|torch)([=<>\s]|$)", installs), installs
     assert "PIP_CONSTRAINT=/tmp/keep-torch.txt" in text
+    assert "COPY constraints.txt" in text and "-c /tmp/constraints.txt" in text  # CI's versions
     assert re.search(r"^FROM \$\{BASE_IMAGE\}", text, re.M)
     assert re.search(r"^ARG BASE_IMAGE=nvcr\.io/nvidia/pytorch:\d\d\.\d\d-py3$", text, re.M)
     assert re.search(r"^USER \d+$", text, re.M)  # not root

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tokenizer import train_tokenizer
+from csmoe_tokenizer import train_tokenizer
 
 SHAKESPEARE = Path(__file__).resolve().parents[2].parent / "shared/data/tinyshakespeare.txt"
 BLANK_LINES = re.compile(r"\n(?:[ \t\r\f\v]*\n)+")

@@ -7,8 +7,8 @@ import lzma
 
 import pytest
 
-from tokenizer import TokenizerUserError, encode_corpus, load_tokenizer, train_tokenizer, validate_indexed_prefix
-from tokenizer.cli import main as cli_main
+from csmoe_tokenizer import TokenizerUserError, encode_corpus, load_tokenizer, train_tokenizer, validate_indexed_prefix
+from csmoe_tokenizer.cli import main as cli_main
 
 from conftest import read_indexed, sha256
 

@@ -5,7 +5,7 @@ from itertools import islice
 
 from csmoe_megatron.data import default_corpus
 from csmoe_megatron.data.default_corpus import cache_root, default_corpus_info, prepare_default_corpus
-from tokenizer import load_tokenizer, validate_indexed_prefix
+from csmoe_tokenizer import load_tokenizer, validate_indexed_prefix
 
 from conftest import read_indexed
 

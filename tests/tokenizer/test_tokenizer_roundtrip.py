@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from tokenizer import EOS_ID, PAD_ID, encode_corpus, load_tokenizer, train_tokenizer, validate_indexed_prefix
-from tokenizer.cli import main as cli_main
+from csmoe_tokenizer import EOS_ID, PAD_ID, encode_corpus, load_tokenizer, train_tokenizer, validate_indexed_prefix
+from csmoe_tokenizer.cli import main as cli_main
 
 from conftest import SHAKESPEARE, generated_documents, paragraphs, read_indexed, sha256
 
@@ -116,7 +116,7 @@ def test_train_on_jsonl_gzip_with_unigram(tmp_path, corpus_dir):
 
 
 def test_prepare_goes_from_text_directory_to_training_data(tmp_path, capsys):
-    from tokenizer.cli import main
+    from csmoe_tokenizer.cli import main
 
     corpus = tmp_path / "texts"
     corpus.mkdir()
