@@ -42,6 +42,7 @@ from megatron.core.transformer.moe.router import TopKRouter
 from megatron.core.tensor_parallel import reduce_from_tensor_model_parallel_region
 
 from ..config.schema import CompeteSMoEConfig
+from ..device import current_device
 from . import context, metrics, winners_combine
 from .affinity import gates_from_affinity, neural_response
 from .dispatch import CompetitionAlltoAllDispatcher, build_dispatcher, unit_routing
@@ -124,9 +125,7 @@ class CompeteSMoELayer(MoELayer):
         # first step would otherwise lack "load_balancing_loss" and hang the reduction. Create
         # them all up front, with the groups megatron's router uses for its own. On the device
         # the losses will be computed on (the router weight is still on the host at build time).
-        device = torch.device("cuda", torch.cuda.current_device()) \
-            if torch.cuda.is_available() else torch.device("cpu")
-        zero = torch.zeros((), device=device)
+        zero = torch.zeros((), device=current_device())
         layers = self._tracker_layers()
         for name in LOSS_NAMES:
             save_to_aux_losses_tracker(name, zero, self.layer_number, layers,

@@ -23,6 +23,7 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 
+from ..device import current_device
 from . import context
 
 # Columns of a layer's row; the expert load follows them.
@@ -122,12 +123,6 @@ def metrics_from_table(table: torch.Tensor) -> tuple[dict[str, float], dict[int,
     return metrics, loads
 
 
-def competed_fractions(table: torch.Tensor) -> dict[int, float]:
-    """Per layer, the fraction of its training micro-batches that were competition steps."""
-    return {layer: float(row[_COMPETED] / row[_MICROBATCHES])
-            for layer, row in enumerate(table) if row[_MICROBATCHES] > 0}
-
-
 _last_load: dict[int, torch.Tensor] = {}
 
 
@@ -141,8 +136,7 @@ def pop_step_metrics(num_layers: Optional[int] = None,
         max(_interval, default=-1) + 1
     if num_experts is None:
         num_experts = max((r.numel() - FIELDS for r in _interval.values()), default=0)
-    device = next((r.device for r in _interval.values()), torch.device(
-        "cuda", torch.cuda.current_device()) if torch.cuda.is_available() else "cpu")
+    device = next((r.device for r in _interval.values()), None) or current_device()
     table = interval_table(num_layers, num_experts, device)
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(table)

@@ -22,6 +22,7 @@ from ..config import save_config, total_steps, validate
 from ..config.megatron import transformer_config
 from ..config.schema import ExperimentConfig
 from ..data import MicroBatchIterator
+from ..device import current_device
 from ..model import build_model_chunks, fast_paths, padded_vocab_size
 from ..moe import context as moe_context
 from . import checkpoint as ckpt
@@ -190,7 +191,7 @@ def evaluate(cfg, chunks, valid_ds, dp_rank, dp_size, num_micro, fwd_bwd) -> dic
     t = cfg.train
     for chunk in chunks:
         chunk.eval()
-    total = torch.zeros(2, dtype=torch.float64, device=_device())
+    total = torch.zeros(2, dtype=torch.float64, device=current_device())
     with torch.no_grad():
         iters = [MicroBatchIterator(valid_ds, t.micro_batch_size, dp_rank, dp_size, 0)
                  for _ in chunks]
@@ -210,7 +211,7 @@ def evaluate(cfg, chunks, valid_ds, dp_rank, dp_size, num_micro, fwd_bwd) -> dic
 
 def _sum_reports(losses) -> torch.Tensor:
     """(loss sum, token count) of this rank's micro-batches, on the device (no host read)."""
-    total = torch.zeros(2, dtype=torch.float64, device=_device())
+    total = torch.zeros(2, dtype=torch.float64, device=current_device())
     for item in losses or []:
         total += item["lm loss"].detach().to(total)
     return total
@@ -228,7 +229,7 @@ def _step_outcome(losses, chunks, stop_requested: bool) -> tuple[float, bool, bo
     every rank in one all-reduce and read in one host sync per step."""
     grads = [p.main_grad for c in chunks for p in c.parameters()
              if getattr(p, "main_grad", None) is not None]
-    stats = torch.zeros(4, dtype=torch.float64, device=_device())
+    stats = torch.zeros(4, dtype=torch.float64, device=current_device())
     stats[:2] = _sum_reports(losses)
     if grads:
         stats[2] = torch.stack([torch.isfinite(g).all() for g in grads]).logical_not().any()
@@ -254,11 +255,6 @@ def _clear_moe_tracker() -> None:
     from megatron.core.transformer.moe.moe_utils import clear_aux_losses_tracker
 
     clear_aux_losses_tracker()
-
-
-def _device():
-    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() \
-        else torch.device("cpu")
 
 
 class _StopSignal:

@@ -28,6 +28,7 @@ from megatron.core.transformer.moe.moe_utils import (clear_aux_losses_tracker,
                                                      get_moe_layer_wise_logging_tracker)
 
 from ..config.schema import ExperimentConfig
+from ..device import current_device
 from ..moe import metrics as routing_metrics
 from ..moe.layer import LOSS_NAMES as COMPETITION_LOSSES
 
@@ -46,11 +47,6 @@ def tracked_loss_names(cfg: ExperimentConfig) -> list[str]:
     return sorted(names)
 
 
-def _device() -> torch.device:
-    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() \
-        else torch.device("cpu")
-
-
 class MoEMetricsLogger:
     def __init__(self, cfg: ExperimentConfig, run_dir: Path, log, num_microbatches: int):
         self.log = log
@@ -60,7 +56,7 @@ class MoEMetricsLogger:
         self.num_microbatches = num_microbatches
         self.images_interval = cfg.logging.routing_images_interval
         self.picture_dir = run_dir / "routing"
-        self.device = _device()
+        self.device = current_device()
         world = dist.get_world_size()
         shards = cfg.parallel.tensor * cfg.parallel.context
         self.replicas = world // (cfg.parallel.pipeline * shards)  # data-parallel replicas
@@ -100,7 +96,9 @@ class MoEMetricsLogger:
         steps, self.steps = self.steps, 0
         self.losses.zero_()
         out, loads = routing_metrics.metrics_from_table(routing)
-        out.update(self._losses(losses, routing_metrics.competed_fractions(routing), steps))
+        competed = {k: out.get(f"moe/layer{k}/competed", 0.0)
+                    for k in range(len(self.moe_layers))}
+        out.update(self._losses(losses, competed, steps))
         if "moe/competition_rate" in out and steps:  # the realised rate since this launch
             self.rate_sum += out["moe/competition_rate"] * steps
             self.rate_steps += steps

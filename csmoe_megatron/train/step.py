@@ -6,6 +6,8 @@ from functools import partial
 
 import torch
 
+from ..device import current_device
+
 
 def masked_lm_loss(loss_mask: torch.Tensor, per_token_loss: torch.Tensor):
     """(sum of masked token losses, token count, reporting pair); megatron divides by the count
@@ -21,8 +23,7 @@ def _to_device(batch: dict) -> dict:
     # The loader collates on the host; the model lives on this rank's GPU (or the CPU).
     if not torch.cuda.is_available():
         return batch
-    device = torch.device("cuda", torch.cuda.current_device())
-    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    return {k: v.to(current_device(), non_blocking=True) for k, v in batch.items()}
 
 
 def forward_step(data_iterator, model):
