@@ -3,6 +3,7 @@ being run (by its name in the model), and the lines of our code and megatron's t
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 
@@ -19,8 +20,30 @@ _NAMES: dict[int, str] = {}
 _STACK: list = []
 _HOOKS: list = []
 
-_OURS = ("csmoe_megatron", "megatron" + os.sep + "core")
-_SKIP = (os.sep + "check" + os.sep, os.sep + "torch" + os.sep)
+# Frames are told apart by the installed packages' own directories, never by words in a path: a
+# checkout under /check/ or /home/torch/ must not hide (or show) frames.
+_CHECK_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+_PACKAGE_DIR = os.path.dirname(_CHECK_DIR.rstrip(os.sep)) + os.sep
+
+
+@functools.lru_cache(maxsize=None)
+def _megatron_core_dir() -> str:
+    import megatron.core
+    return os.path.dirname(os.path.abspath(megatron.core.__file__)) + os.sep
+
+
+@functools.lru_cache(maxsize=None)
+def _short(path: str) -> str | None:
+    """`csmoe_megatron/...` or `megatron/core/...` for our frames and megatron's; None otherwise."""
+    path = os.path.abspath(path)
+    if path.startswith(_CHECK_DIR):
+        return None
+    if path.startswith(_PACKAGE_DIR):
+        return "csmoe_megatron" + os.sep + path[len(_PACKAGE_DIR):]
+    core = _megatron_core_dir()
+    if path.startswith(core):
+        return "megatron" + os.sep + "core" + os.sep + path[len(core):]
+    return None
 
 
 def name_modules(root: torch.nn.Module, prefix: str = "") -> None:
@@ -61,10 +84,8 @@ def site(depth: int = 3) -> str:
     frames = []
     frame = sys._getframe(1)
     while frame is not None and len(frames) < depth:
-        path = frame.f_code.co_filename
-        if any(part in path for part in _OURS) and not any(part in path for part in _SKIP):
-            short = path[path.rfind("csmoe_megatron"):] if "csmoe_megatron" in path else \
-                path[path.rfind("megatron" + os.sep + "core"):]
+        short = _short(frame.f_code.co_filename)
+        if short is not None:
             frames.append(f"{short}:{frame.f_lineno} ({frame.f_code.co_name})")
         frame = frame.f_back
     return " <- ".join(frames) or "(no project frame on the stack)"
