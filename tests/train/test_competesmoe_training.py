@@ -3,9 +3,8 @@ single-process run, and the router learns the competition's policy."""
 
 import pytest
 
+from tests.train.parity import SAVE_AT_END, assert_same_training
 from tests.train.trainer_runs import LAYOUTS, TINY, losses, read_metrics, run_trainer
-
-PARITY_ATOL = 2e-4  # as for router steps; measured: at most 4.8e-7
 
 # Every layer competes on every step: the strictest test of the competition path.
 ALWAYS_COMPETE = [o for o in TINY if not o.startswith("model.moe.router")] + [
@@ -19,13 +18,14 @@ COMPETITION_LAYOUTS = ("ep2", "ep4", "tp2_sp_ep2", "ep2_etp2", "pp2_ep2", "allga
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory):
+def reference_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("competesmoe_ep1")
-    run_trainer(1, run_dir, ALWAYS_COMPETE)
-    return read_metrics(run_dir)
+    run_trainer(1, run_dir, ALWAYS_COMPETE + SAVE_AT_END)
+    return run_dir
 
 
-def test_every_step_competes_and_logs_its_losses(reference):
+def test_every_step_competes_and_logs_its_losses(reference_run):
+    reference = read_metrics(reference_run)
     for record in reference:
         assert record["moe/competition_rate"] == 1.0
         assert record["moe/competesmoe_distillation_loss"] > 0
@@ -36,14 +36,14 @@ def test_every_step_competes_and_logs_its_losses(reference):
 # The layouts run the default combine ("winners" on alltoall); "full" is checked on one.
 @pytest.mark.parametrize("name,combine", [(name, "winners") for name in COMPETITION_LAYOUTS]
                          + [("ep2", "full")])
-def test_competition_layout_matches_single_process(name, combine, tmp_path, reference):
+def test_competition_layout_matches_single_process(name, combine, tmp_path, reference_run):
+    """Loss, distillation loss, agreement and gradient norm at every step; every parameter
+    (router included) after the last."""
     nproc, overrides = LAYOUTS[name]
-    run_trainer(nproc, tmp_path,
-                ALWAYS_COMPETE + overrides + [f"model.moe.competesmoe.combine={combine}"])
-    got = read_metrics(tmp_path)
-    for key in ("loss", "moe/competesmoe_distillation_loss", "moe/layer0/agreement"):
-        diffs = [abs(a[key] - b[key]) for a, b in zip(got, reference)]
-        assert len(diffs) == len(reference) and max(diffs) < PARITY_ATOL, (name, key, diffs)
+    run_trainer(nproc, tmp_path, ALWAYS_COMPETE + overrides + SAVE_AT_END
+                + [f"model.moe.competesmoe.combine={combine}"])
+    assert_same_training(tmp_path, reference_run, f"{name} {combine}",
+                         keys=("loss", "moe/competesmoe_distillation_loss", "moe/layer0/agreement"))
 
 
 def test_router_learns_the_competition_policy(tmp_path):
@@ -77,13 +77,13 @@ def test_bf16_competition_run_trains(tmp_path):
 def test_interleaved_pipeline_competition_matches_single_process(tmp_path):
     # 4 layers over PP=2 x VPP=2: each rank holds two non-adjacent layers, so the global
     # MoE-layer index (and with it the schedule and the logged per-layer numbers) must be right.
-    four_layers = ALWAYS_COMPETE + ["model.num_layers=4", "model.moe.competesmoe.rate=0.5"]
+    four_layers = ALWAYS_COMPETE + ["model.num_layers=4", "model.moe.competesmoe.rate=0.5"] \
+        + SAVE_AT_END
     run_trainer(1, tmp_path / "ref", four_layers)
     run_trainer(2, tmp_path / "vpp", four_layers + ["parallel.pipeline=2",
                                                      "parallel.virtual_pipeline=2"])
+    assert_same_training(tmp_path / "vpp", tmp_path / "ref", "competition pp2 x vpp2")
     ref, got = read_metrics(tmp_path / "ref"), read_metrics(tmp_path / "vpp")
-    assert [r["step"] for r in got] == [r["step"] for r in ref]
     for a, b in zip(got, ref):
-        assert abs(a["loss"] - b["loss"]) < PARITY_ATOL
         assert {k: v for k, v in a.items() if k.endswith("/competed")} == \
             {k: v for k, v in b.items() if k.endswith("/competed")}
