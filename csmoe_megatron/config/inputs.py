@@ -1,12 +1,14 @@
 """Checks of what a run reads and where it writes, before anything is touched: the tokenizer
 (exists, loads, its vocabulary fits model.vocab_size), every data prefix (PREFIX.bin and
-PREFIX.idx exist and agree, token ids fit their dtype), the run and cache directories (can be
-created or written). Reads only; writes nothing, builds no cache. Each failure is one
+PREFIX.idx exist and agree, token ids fit their dtype), the tokenizer of the checkpoint a run
+would resume, the run and cache directories (can be created or written). Reads only; writes
+nothing, builds no cache. Each failure is one
 ConfigError naming the key, the file and the fix."""
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import sys
 from pathlib import Path
@@ -52,6 +54,7 @@ def check_inputs(cfg: ExperimentConfig) -> None:
                           f"null) to size it from the tokenizer")
     if cfg.data.source == "indexed":
         _check_prefixes(cfg.data.prefixes, vocab)
+        _check_resume_tokenizer(cfg)
     _check_writable("run.dir", Path(cfg.run.dir))
     checkpoints = Path(cfg.run.dir) / "checkpoints"
     if checkpoints.exists():
@@ -79,6 +82,27 @@ def _check_prefixes(prefixes: list, vocab: int | None) -> None:
             validate_indexed_prefix(str(prefix), vocab_size=vocab)
         except TokenizerUserError as e:
             raise ConfigError(f"data.prefixes: {e}") from None
+
+
+def _check_resume_tokenizer(cfg: ExperimentConfig) -> None:
+    """Resuming `latest` with another tokenizer is refused by the trainer after it has written
+    the run's config; refuse it here first. Anything unreadable is left to the resume logic."""
+    checkpoints = Path(cfg.run.dir) / "checkpoints"
+    try:
+        name = (checkpoints / "latest").read_text().strip()
+        saved = json.loads((checkpoints / name / "tokenizer" / "tokenizer.json").read_text())
+        given = json.loads((Path(cfg.data.tokenizer) / "tokenizer.json").read_text())
+    except (OSError, ValueError):  # no checkpoint yet, or one the resume logic reports on
+        return
+    if not cfg.checkpoint.resume or not isinstance(saved, dict) or not isinstance(given, dict):
+        return
+    recorded, current = saved.get("model_sha256"), given.get("model_sha256")
+    if recorded and current and recorded != current:
+        raise ConfigError(f"the checkpoint {checkpoints / name} was trained with a different "
+                          f"tokenizer (model sha256 {recorded}) than data.tokenizer="
+                          f"{cfg.data.tokenizer} ({current}); use the tokenizer saved in "
+                          f"{checkpoints / name / 'tokenizer'}, set checkpoint.resume=false or "
+                          f"start a new run.dir")
 
 
 def _check_writable(key: str, path: Path) -> None:

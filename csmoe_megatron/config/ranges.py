@@ -89,6 +89,7 @@ def check_split(split: str) -> None:
         weights = [float(p) for p in parts]
     except ValueError:
         weights = []
-    if not 1 <= len(weights) <= 3 or min(weights) < 0 or sum(weights) <= 0 or not all(map(math.isfinite, weights)):
+    if not 1 <= len(weights) <= 3 or min(weights) < 0 or sum(weights) <= 0 \
+            or not all(map(math.isfinite, weights)):
         raise ConfigError(f"data.split must be up to three non-negative weights train,valid,test "
                           f"(e.g. \"969,30,1\"), got {split!r}")

@@ -2,7 +2,8 @@
 a packaged config (`--config cpu_tiny`); `csmoe-train --list-configs` lists them.
 
 Three ways to run, all validating the config and its inputs before anything is written:
-  csmoe-train --check --config FILE ...   validate and print the plan (no workers, no files)
+  csmoe-train --check [--nproc N] --config FILE ...   validate for N ranks (default: the
+      smallest world the layout fits) and print the plan (no workers, no files written)
   csmoe-train --nproc N --config FILE ... validate once, then start N local workers (torchrun)
   torchrun ... -m csmoe_megatron.train --config FILE ...   one worker per rank; on a bad
       config only rank 0 prints the error and every rank exits with 2
@@ -61,6 +62,8 @@ def main(argv=None) -> int:
         return 0
     if args.config is None:
         parser.error("--config is required (a YAML file or a packaged config: see --list-configs)")
+    if args.skip_inputs and not args.check:
+        parser.error("--skip-inputs goes with --check (a run always checks its inputs)")
     worker = "RANK" in os.environ and "WORLD_SIZE" in os.environ  # started by torchrun
     if worker and args.nproc and not args.check:
         parser.error("--nproc starts workers itself: run it without torchrun")

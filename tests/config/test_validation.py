@@ -106,3 +106,18 @@ def test_a_truncated_bin_file_is_refused(indexed_data, tmp_path):
     (tmp_path / "copy.bin").write_bytes(data[:-2])
     with pytest.raises(ConfigError, match=r"data.prefixes: .*copy.bin is .* bytes but"):
         check_inputs(_indexed(indexed_data, tmp_path, f"data.prefixes=[{tmp_path / 'copy'}]"))
+
+
+def test_resuming_with_another_tokenizer_is_refused_before_writing(indexed_data, tmp_path):
+    import json
+
+    saved = tmp_path / "run" / "checkpoints" / "iter_0000004" / "tokenizer"
+    saved.mkdir(parents=True)
+    (tmp_path / "run" / "checkpoints" / "latest").write_text("iter_0000004")
+    ours = json.loads((indexed_data / "tok" / "tokenizer.json").read_text())
+    (saved / "tokenizer.json").write_text(json.dumps(ours))
+    check_inputs(_indexed(indexed_data, tmp_path))  # the same tokenizer: resumes
+    (saved / "tokenizer.json").write_text(json.dumps({**ours, "model_sha256": "0" * 64}))
+    with pytest.raises(ConfigError, match="iter_0000004 was trained with a different tokenizer"):
+        check_inputs(_indexed(indexed_data, tmp_path))
+    check_inputs(_indexed(indexed_data, tmp_path, "checkpoint.resume=false"))
