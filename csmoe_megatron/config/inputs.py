@@ -2,8 +2,7 @@
 (exists, loads, its vocabulary fits model.vocab_size), every data prefix (PREFIX.bin and
 PREFIX.idx exist and agree, token ids fit their dtype), the tokenizer of the checkpoint a run
 would resume, the run and cache directories (can be created or written). Reads only; writes
-nothing, builds no cache. Each failure is one
-ConfigError naming the key, the file and the fix."""
+nothing, builds no cache. Each failure is one ConfigError naming the key, the file and the fix."""
 
 from __future__ import annotations
 
