@@ -5,7 +5,10 @@ Every message names the key(s) and the fix.
 
 from __future__ import annotations
 
+import math
+
 from .load import ConfigError
+from .ranges import check_ranges
 from .schema import ExperimentConfig
 
 _CHOICES = {
@@ -46,6 +49,7 @@ def validate(cfg: ExperimentConfig, world_size: int = 1) -> None:
     for key, choices in _CHOICES.items():
         value = _get(cfg, key)
         _require(value in choices, f"{key} is {value!r}; choose one of {', '.join(map(repr, choices))}")
+    check_ranges(cfg)
 
     m, moe, p, t = cfg.model, cfg.model.moe, cfg.parallel, cfg.train
     for key in ("model.num_layers", "model.hidden_size", "model.num_attention_heads",
@@ -64,22 +68,20 @@ def validate(cfg: ExperimentConfig, world_size: int = 1) -> None:
     _require(m.num_attention_heads % groups == 0,
              f"model.num_attention_heads ({m.num_attention_heads}) must be divisible by "
              f"model.num_query_groups ({groups})")
-    c = moe.competesmoe
-    _require(0.0 <= c.rate <= 1.0, f"model.moe.competesmoe.rate must be in [0, 1], got {c.rate}")
-    _require(0.0 <= c.warmup_fraction < 1.0,
-             f"model.moe.competesmoe.warmup_fraction must be in [0, 1), got {c.warmup_fraction}")
 
     # Parallel layout.
     model_parallel = p.tensor * p.pipeline * p.context
     _require(world_size % model_parallel == 0,
              f"world size {world_size} is not divisible by parallel.tensor*pipeline*context = "
              f"{p.tensor}*{p.pipeline}*{p.context}; launch a multiple of {model_parallel} processes "
-             f"or change the parallel section")
+             f"(smallest world for this layout: {smallest_world(cfg)}) or change the parallel section")
     dp = world_size // model_parallel
     etp = p.expert_tensor or p.tensor
     _require(world_size % (etp * p.expert * p.pipeline) == 0,
              f"world size {world_size} is not divisible by parallel.expert_tensor*expert*pipeline = "
-             f"{etp}*{p.expert}*{p.pipeline}; adjust parallel.expert / parallel.expert_tensor")
+             f"{etp}*{p.expert}*{p.pipeline}; launch a multiple of {etp * p.expert * p.pipeline} "
+             f"processes (smallest world for this layout: {smallest_world(cfg)}) or adjust "
+             f"parallel.expert / parallel.expert_tensor")
     _require(moe.num_experts % p.expert == 0,
              f"model.moe.num_experts ({moe.num_experts}) must be divisible by parallel.expert "
              f"({p.expert})")
@@ -141,7 +143,8 @@ def validate(cfg: ExperimentConfig, world_size: int = 1) -> None:
     _require(total_steps(cfg) >= 1, "train.steps / train.tokens give zero optimizer steps")
     _require(0 <= t.lr_warmup_steps < total_steps(cfg),
              f"train.lr_warmup_steps ({t.lr_warmup_steps}) must be >= 0 and smaller than the "
-             f"number of training steps ({total_steps(cfg)})")
+             f"number of training steps ({total_steps(cfg)}); lower train.lr_warmup_steps "
+             f"(csmoe-train shortens a warm-up longer than the run by itself)")
     _require(t.min_lr <= t.lr, f"train.min_lr ({t.min_lr}) must not exceed train.lr ({t.lr})")
     _require(t.debug_inject_nan_at_step is None or t.debug_inject_nan_at_step >= 1,
              f"train.debug_inject_nan_at_step must be null or >= 1, got "
@@ -163,3 +166,28 @@ def total_steps(cfg: ExperimentConfig) -> int:
     if t.steps is not None:
         return t.steps
     return t.tokens // (t.global_batch_size * cfg.model.seq_length)
+
+
+def smallest_world(cfg: ExperimentConfig) -> int:
+    """The fewest ranks that fit both the dense layout (TP x PP x CP) and the expert layout
+    (ETP x EP x PP)."""
+    p = cfg.parallel
+    return math.lcm(p.tensor * p.pipeline * p.context,
+                    (p.expert_tensor or p.tensor) * p.expert * p.pipeline)
+
+
+def shorten_warmup(cfg: ExperimentConfig) -> str | None:
+    """A run no longer than its learning-rate warm-up (e.g. `train.steps=10` on a config made
+    for 400 steps) gets a warm-up of a tenth of its steps instead of a refusal. Changes `cfg`;
+    returns the one-line note to show the user, or None when nothing changed."""
+    t = cfg.train
+    try:
+        steps = total_steps(cfg)
+    except (TypeError, ZeroDivisionError):  # steps/tokens malformed: validate() says so
+        return None
+    if steps < 1 or t.lr_warmup_steps < steps:
+        return None
+    before, t.lr_warmup_steps = t.lr_warmup_steps, steps // 10
+    return (f"note: train.lr_warmup_steps={before} is not shorter than this {steps}-step run: "
+            f"warm-up shortened to {t.lr_warmup_steps} step(s), a tenth of the run (set "
+            f"train.lr_warmup_steps below {steps} to choose)")

@@ -12,11 +12,17 @@
 # --image runs every node inside a container (pyxis/enroot by default, or apptainer).
 # --warn-seconds: how long before the time limit SLURM sends SIGUSR1 (save and requeue).
 # --job-name: the job's name (default csmoe; the log is NAME-JOBID.out).
-# --dry-run prints the sbatch command instead of running it.
+# --dry-run prints the sbatch command instead of running it (no check).
+# Before sbatch, the config and its inputs are checked for the job's ranks (nodes x processes
+# per node: CSMOE_NPROC_PER_NODE, else --gpus-per-node or the --gres GPU count, else 2), so a
+# bad config is refused in seconds, not after the queue (exit 2, nothing submitted). With
+# --image the data paths are the container's: only the config is checked. The check runs with
+# CSMOE_PYTHON, else the checkout's .venv/bin/python, else python3; without csmoe_megatron
+# there it is skipped, with a note.
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-usage() { sed -n '2,15s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; }
+usage() { sed -n '2,21s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; }
 
 positive() {  # NAME VALUE: VALUE must be a positive integer
     if ! [[ "$2" =~ ^[1-9][0-9]*$ ]]; then
@@ -24,15 +30,20 @@ positive() {  # NAME VALUE: VALUE must be a positive integer
     fi
 }
 
-opts=() exports="ALL,CSMOE_ROOT=$root" dry_run=0 warn=300
+opts=() exports="ALL,CSMOE_ROOT=$root" dry_run=0 warn=300 nodes=1 per_node="" image=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --nodes | --gpus-per-node | --time | --partition | --account | --job-name | --gres)
+            case "$1" in
+                --nodes) nodes=${2:?$1 needs a value} ;;
+                --gpus-per-node) per_node=${2:?$1 needs a value} ;;
+                --gres) per_node=$(sed -nE 's/(^|.*,)gpu(:[^:,]+)?:([0-9]+).*/\3/p' <<<"${2:?}") ;;
+            esac
             opts+=("$1=${2:?$1 needs a value}"); shift 2 ;;
         --cpus-per-task)
             positive "$1" "${2:?$1 needs a value}"; opts+=("$1=$2"); shift 2 ;;
         --exclusive) opts+=(--exclusive); shift ;;
-        --image) exports+=",CSMOE_CONTAINER_IMAGE=${2:?--image needs a value}"; shift 2 ;;
+        --image) exports+=",CSMOE_CONTAINER_IMAGE=${2:?--image needs a value}"; image=1; shift 2 ;;
         --runtime) exports+=",CSMOE_CONTAINER_RUNTIME=${2:?--runtime needs a value}"; shift 2 ;;
         --warn-seconds) warn=${2:?--warn-seconds needs a value}; shift 2 ;;
         --dry-run) dry_run=1; shift ;;
@@ -48,4 +59,23 @@ if [ ! -f "$1" ]; then echo "submit.sh: config file not found: $1" >&2; exit 2; 
 cmd=(sbatch "${opts[@]}" --signal="B:USR1@$warn" --export="$exports"
      "$root/launch/slurm/train.sbatch" "$@")
 if [ "$dry_run" -eq 1 ]; then printf '%q ' "${cmd[@]}"; echo; exit 0; fi
+
+# The check, for the ranks node.sh will start: nodes x CSMOE_NPROC_PER_NODE, else the GPUs
+# asked for, else 2 (node.sh's default without GPUs).
+per_node=${CSMOE_NPROC_PER_NODE:-${per_node:-2}}
+positive "the number of nodes" "$nodes"
+positive "the processes per node" "$per_node"
+python=${CSMOE_PYTHON:-}
+if [ -z "$python" ]; then
+    if [ -x "$root/.venv/bin/python" ]; then python=$root/.venv/bin/python; else python=python3; fi
+fi
+check=(--check --nproc "$((nodes * per_node))" --config "$@")
+if [ "$image" -eq 1 ]; then check=(--skip-inputs "${check[@]}"); fi
+if ! PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}" "$python" -c "import csmoe_megatron" 2>/dev/null; then
+    echo "submit.sh: note: not checking the config ($python cannot import csmoe_megatron;" \
+         "set CSMOE_PYTHON)" >&2
+elif ! PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}" "$python" -m csmoe_megatron.train "${check[@]}" >&2; then
+    echo "submit.sh: refused before sbatch (nothing submitted)" >&2
+    exit 2
+fi
 exec "${cmd[@]}"

@@ -95,9 +95,10 @@ def test_submit_fills_the_sbatch_options(tmp_path):
 
 
 def _submit(tmp_path, *options: str) -> list[str]:
-    """submit.sh with these options (sbatch double on PATH): the arguments sbatch got."""
+    """submit.sh with these options (sbatch double on PATH): the arguments sbatch got. Two
+    processes per node, so that the check before sbatch finds cpu_tiny's EP=2 layout."""
     result = run([REPO / "launch" / "slurm" / "submit.sh", *options, CONFIG], timeout=30,
-                 **_slurm_env(tmp_path))
+                 **_slurm_env(tmp_path, CSMOE_NPROC_PER_NODE="2"))
     assert result.returncode == 0, result.stderr
     return _calls(tmp_path, "sbatch")[-1]["args"]
 
