@@ -91,10 +91,10 @@ def latest_checkpoint(ckpt_root: Path, report=None) -> Path | None:
     complete = sorted((p for p in ckpt_root.iterdir() if _is_complete(p)), reverse=True) \
         if ckpt_root.is_dir() else []
     name, why = _read_marker(marker)
-    if not complete and not marker.is_file():
+    order = _agreed(sorted(complete, key=lambda p: p.name != name), ckpt_root)  # `latest`'s first
+    if not order and not marker.is_file():
         return None
-    reasons = [why] if why and complete else []
-    order = sorted(complete, key=lambda p: p.name != name)  # the one `latest` names first
+    reasons = [why] if why and order else []
     for path in order:
         problem = manifest.verify(path)
         if problem is None:
@@ -107,12 +107,32 @@ def latest_checkpoint(ckpt_root: Path, report=None) -> Path | None:
                 report(". ".join(notes))
             return path
         reasons.append(f"{path.name}: {problem}")
-    if not complete:
+    if not order:
         reasons = [why]
     raise CheckpointError(
         f"cannot resume from {ckpt_root}: " + "; ".join(reasons) + ". Fix: restore a complete "
         f"checkpoint (iter_NNNNNNN with its manifest.json), or remove {ckpt_root} (or set "
         f"checkpoint.resume=false) to start from scratch")
+
+
+def _agreed(order: list[Path], ckpt_root: Path) -> list[Path]:
+    """Rank 0's list of candidates on every rank: each is verified collectively, and a shared
+    file system may list a directory differently (stale) on different nodes."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return order
+    from ..device import current_device
+
+    steps = torch.full((len(order) + 1,) if dist.get_rank() == 0 else (1,), -1,
+                       dtype=torch.int64, device=current_device())
+    if dist.get_rank() == 0:
+        steps[0] = len(order)
+        steps[1:] = torch.tensor([int(p.name[5:]) for p in order], dtype=torch.int64)
+    count = steps[:1].clone()
+    dist.broadcast(count, src=0)
+    if dist.get_rank() != 0:
+        steps = torch.empty(int(count.item()) + 1, dtype=torch.int64, device=current_device())
+    dist.broadcast(steps, src=0)
+    return [ckpt_root / f"iter_{step:07d}" for step in steps[1:].tolist()]
 
 
 def save_checkpoint(ckpt_root: Path, step: int, model_chunks, optimizer, scheduler,

@@ -29,7 +29,6 @@ from .checkpoint_files import LEGACY_PROGRESS, PROGRESS, CheckpointError, conten
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "csmoe-checkpoint-manifest/1"
 _PART = "manifest.part{:05d}.json"
-_PART_RE = re.compile(r"^manifest\.part\d{5}\.json$")
 _OURS_RE = re.compile(r"^manifest\.(part\d{5}\.)?json(\.tmp)?$")  # never listed in a manifest
 _RANK_FILE_RE = re.compile(r"^(?:__(\d+)_\d+\.distcp|rng_rank(\d+)\.pt)$")
 _CHUNK = 16 << 20
@@ -73,7 +72,8 @@ def _read_checked(ckpt_dir: Path, rel: str, parse: bool = True,
 
 
 def write_part(ckpt_dir: Path) -> None:
-    """Every rank: hash (and check) its share of the files and write it as a manifest part."""
+    """Every rank: hash its share of the files and write it as a manifest part (no parsing:
+    they were just written by us, and a refusal on one rank would leave the others waiting)."""
     rank, world = _rank_world()
     entries = {}
     for rel in _files(ckpt_dir):
@@ -86,7 +86,8 @@ def write_part(ckpt_dir: Path) -> None:
 def merge_parts(ckpt_dir: Path) -> None:
     """Rank 0, after every part is written: one manifest.json, written last, parts removed."""
     files: dict = {}
-    parts = sorted(p for p in ckpt_dir.iterdir() if _PART_RE.match(p.name))
+    # Opened by name, not found by listing: a shared file system may list a directory stale.
+    parts = [ckpt_dir / _PART.format(rank) for rank in range(_rank_world()[1])]
     for part in parts:
         files.update(json.loads(part.read_text()))
     missing = sorted(set(_files(ckpt_dir)) - set(files))

@@ -17,6 +17,7 @@ from csmoe_megatron.train import checkpoint_manifest as manifest
 from csmoe_megatron.train.checkpoint import latest_checkpoint
 from csmoe_megatron.train.checkpoint_files import CheckpointError, parse_legacy_progress
 
+from tests.dist_utils import run_distributed
 from tests.train.trainer_runs import REPO, TINY, read_metrics, run_trainer
 
 SIX_STEPS = [o for o in TINY if not o.startswith("train.steps")] + [
@@ -192,3 +193,27 @@ def test_fuzzed_checkpoint_files_are_refused_cleanly(trained, tmp_path):
             assert case["parse"].startswith("refused: ") and case["file"] in case["parse"], case
     refused = {c["file"] for c in cases if c["parse"] != "accepted"}
     assert refused == {c["file"] for c in cases}  # each parser refused something
+
+
+def _choose_on_each_rank(rank, world_size, root, out):
+    said: list[str] = []
+    chosen = latest_checkpoint(Path(root), said.append)
+    Path(out, f"rank{rank}.json").write_text(json.dumps({"chosen": chosen.name, "said": said}))
+
+
+def test_two_ranks_agree_when_the_damage_is_in_the_other_ranks_share(run_copy, tmp_path):
+    """Rank 1 checks its own files (rng_rank00001.pt here); it finds the damage, both ranks fall
+    back together and rank 0 alone says why, naming the file."""
+    root = run_copy / "checkpoints"
+    for name in (NEWEST, OLDER):  # as a 2-rank run would have written it
+        shutil.copy(root / name / "rng_rank00000.pt", root / name / "rng_rank00001.pt")
+        manifest.write_manifest(root / name)
+    rng1 = root / NEWEST / "rng_rank00001.pt"
+    data = bytearray(rng1.read_bytes())
+    data[-30] ^= 0x01
+    rng1.write_bytes(bytes(data))
+    run_distributed(_choose_on_each_rank, world_size=2, root=str(root), out=str(tmp_path))
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["chosen"] for r in ranks] == [OLDER, OLDER]
+    assert ranks[1]["said"] == [] and len(ranks[0]["said"]) == 1
+    assert "rng_rank00001.pt does not match its checksum" in ranks[0]["said"][0]
