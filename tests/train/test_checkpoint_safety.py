@@ -2,6 +2,7 @@
 that verifies (issue 11 item 2, issue 14 items 1 and 4). One tiny run is trained per module;
 every test damages a copy of its checkpoints."""
 
+import io
 import json
 import os
 import pickle
@@ -15,7 +16,8 @@ import torch
 
 from csmoe_megatron.train import checkpoint_manifest as manifest
 from csmoe_megatron.train.checkpoint import latest_checkpoint
-from csmoe_megatron.train.checkpoint_files import CheckpointError, parse_legacy_progress
+from csmoe_megatron.train.checkpoint_files import (CheckpointError, check_byte_items,
+                                                   parse_legacy_progress)
 
 from tests.dist_utils import run_distributed
 from tests.train.trainer_runs import REPO, TINY, read_metrics, run_trainer
@@ -217,3 +219,32 @@ def test_two_ranks_agree_when_the_damage_is_in_the_other_ranks_share(run_copy, t
     assert [r["chosen"] for r in ranks] == [OLDER, OLDER]
     assert ranks[1]["said"] == [] and len(ranks[0]["said"]) == 1
     assert "rng_rank00001.pt does not match its checksum" in ranks[0]["said"][0]
+
+
+def test_a_payload_in_a_distcp_byte_item_is_refused(tmp_path):
+    """Byte items (layers' _extra_state) are unpickled by torch's load planner with
+    weights_only=False; we read each with weights_only=True first."""
+    from torch.distributed.checkpoint.filesystem import _StorageInfo
+    from torch.distributed.checkpoint.metadata import (BytesStorageMetadata, Metadata,
+                                                       MetadataIndex)
+
+    created = tmp_path / "payload_ran"
+    blobs = []
+    for obj in (None, _CreatesFile(created)):
+        buffer = io.BytesIO()
+        torch.save(obj, buffer)
+        blobs.append(buffer.getvalue())
+    (tmp_path / "__0_0.distcp").write_bytes(b"".join(blobs))
+
+    def metadata(relative_path, offset, length):
+        return Metadata(state_dict_metadata={"x._extra_state": BytesStorageMetadata()},
+                        storage_data={MetadataIndex("x._extra_state"):
+                                      _StorageInfo(relative_path, offset, length)})
+
+    check_byte_items(tmp_path, metadata("__0_0.distcp", 0, len(blobs[0])), tmp_path / ".metadata")
+    with pytest.raises(CheckpointError, match="__0_0.distcp was refused by torch.load"):
+        check_byte_items(tmp_path, metadata("__0_0.distcp", len(blobs[0]), len(blobs[1])),
+                         tmp_path / ".metadata")
+    with pytest.raises(CheckpointError, match="points outside the checkpoint"):
+        check_byte_items(tmp_path, metadata("../__0_0.distcp", 0, 1), tmp_path / ".metadata")
+    assert not created.exists()
