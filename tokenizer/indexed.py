@@ -55,14 +55,23 @@ def validate_indexed_prefix(prefix, vocab_size: Optional[int] = None) -> Indexed
         raise TokenizerUserError(
             f"{idx_path} is {idx_size} bytes but its header promises {plain} (truncated or corrupt). {fix}"
         )
-    lengths = numpy.memmap(idx_path, numpy.int32, "r", _HEADER_BYTES, (sequences,)) if sequences else numpy.zeros(0, numpy.int32)
-    document_indices = numpy.memmap(idx_path, numpy.int64, "r", _HEADER_BYTES + sequences * 12, (documents,))
-    if documents < 1 or document_indices[0] != 0 or document_indices[-1] != sequences or (
+    if documents < 1:
+        raise TokenizerUserError(f"{idx_path} lists no document boundaries (corrupt header). {fix}")
+    lengths = _array(idx_path, numpy.int32, _HEADER_BYTES, sequences)
+    pointers = _array(idx_path, numpy.int64, _HEADER_BYTES + sequences * 4, sequences)
+    document_indices = _array(idx_path, numpy.int64, _HEADER_BYTES + sequences * 12, documents)
+    if document_indices[0] != 0 or document_indices[-1] != sequences or (
         documents > 1 and numpy.any(numpy.diff(document_indices) < 0)
     ):
         raise TokenizerUserError(f"{idx_path} has inconsistent document indices. {fix}")
-    tokens = int(lengths.sum(dtype=numpy.int64))
     itemsize = numpy.dtype(dtype).itemsize
+    # Each sequence starts where the previous one ends: megatron reads .bin at these offsets,
+    # so a damaged pointer or a negative length would read the wrong tokens, or past the end.
+    if numpy.any(lengths < 0) or (sequences and (pointers[0] != 0 or numpy.any(
+            numpy.diff(pointers) != lengths[:-1].astype(numpy.int64) * itemsize))):
+        raise TokenizerUserError(f"{idx_path} has sequence lengths and offsets that disagree "
+                                 f"(corrupt index). {fix}")
+    tokens = int(lengths.sum(dtype=numpy.int64))
     if bin_path.stat().st_size != tokens * itemsize:
         raise TokenizerUserError(
             f"{bin_path} is {bin_path.stat().st_size} bytes but {idx_path} describes {tokens} tokens of "
@@ -75,3 +84,8 @@ def validate_indexed_prefix(prefix, vocab_size: Optional[int] = None) -> Indexed
             f"it was encoded with a different tokenizer. {fix}"
         )
     return IndexedDatasetInfo(prefix, documents - 1, sequences, tokens, dtype)
+
+
+def _array(path: Path, dtype, offset: int, count: int) -> numpy.ndarray:
+    # numpy.memmap refuses a zero-length map; the caller has checked the file's size.
+    return numpy.memmap(path, dtype, "r", offset, (count,)) if count else numpy.zeros(0, dtype)

@@ -92,7 +92,7 @@ def load_tokenizer(directory) -> SentencePieceTokenizer:
     )
     if recorded != actual:
         raise TokenizerUserError(
-            f"{directory / 'tokenizer.json'} records vocab/special ids {recorded} but the model has "
-            f"{actual}. {fix}"
+            f"{directory / 'tokenizer.json'} records vocab/special ids {recorded} but the model "
+            f"{model_path} has {actual}. {fix}"
         )
     return tokenizer

@@ -14,6 +14,7 @@ from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegat
 from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig, MockGPTDataset
 
 from ..config.schema import ExperimentConfig
+from .cache_check import check_index_cache
 
 
 @dataclass
@@ -59,6 +60,7 @@ def build_datasets(cfg: ExperimentConfig, tokenizer, sample_counts: tuple[int, i
         create_attention_mask=False,  # causal masking is done by attention itself
         mmap_bin_files=True,
     )
+    check_index_cache(Path(cache_dir))
     cls = MockGPTDataset if mock else GPTDataset
     builder = BlendedMegatronDatasetBuilder(cls, list(sample_counts), _always, config)
     return builder.build()

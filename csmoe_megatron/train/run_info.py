@@ -84,7 +84,9 @@ def launch_record(run_dir: Path) -> dict:
         "env": {k: os.environ[k] for k in _LAUNCH_ENV if k in os.environ},
         "config_sha256": hashlib.sha256(config.read_bytes()).hexdigest()
         if config.is_file() else None,
-        "resume_checkpoint": latest.read_text().strip() if latest.is_file() else None,
+        # A damaged (non-UTF-8) `latest` is resume's to report, not a crash here.
+        "resume_checkpoint": latest.read_text(errors="replace").strip()
+        if latest.is_file() else None,
     }
 
 
