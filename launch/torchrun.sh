@@ -5,8 +5,8 @@
 #
 # Processes: one per GPU when GPUs are visible, else --nproc (default 2 on CPU). The backend
 # follows the hardware (parallel.backend=auto: NCCL with GPUs, gloo without). --run-dir sets
-# run.dir. SIGUSR1 or SIGTERM to this script: the workers save a checkpoint and exit 0;
-# running the same command again resumes from it.
+# run.dir. SIGUSR1 or SIGTERM to this script or to its workers: the workers finish the step,
+# save a checkpoint and exit 0; running the same command again resumes from it.
 # Environment: CSMOE_TORCHRUN (default "torchrun"), OMP_NUM_THREADS (default: cores / N).
 # shellcheck source-path=SCRIPTDIR
 set -euo pipefail
