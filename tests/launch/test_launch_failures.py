@@ -118,9 +118,10 @@ def test_restart_ignores_an_interrupted_save(stopped_at_step_2, tmp_path):
     assert f"resumed from {ckpts}/iter_0000002 at step 2" in out
     assert sorted(losses(tmp_path)) == [1, 2, 3, 4] and latest(tmp_path) == "iter_0000004"
     assert not partial.exists()
-    # A resume warns of nothing: megatron's mock-data tokenizer warning is every start's.
+    # A resume warns of nothing from this project or from loading the checkpoint (torch and
+    # megatron print DeprecationWarnings of their own at every start).
     warned = [line for line in out.splitlines() if "Warning:" in line
-              and "pad token id in the tokenizer" not in line]
+              and ("/csmoe_megatron/" in line or "FutureWarning" in line)]
     assert not warned, warned  # replaced by the complete save of step 4
 
 
