@@ -46,16 +46,17 @@ class TrainingStopped(RuntimeError):
 
 def run_training(cfg: ExperimentConfig) -> dict:
     """Validate, set up process groups, train, tear down. Returns the last metrics."""
+    # First: a stop signal during the long setup (rendezvous, data, model) stops after step 1.
+    stop_signal = StopSignal()
     validate(cfg, launch_world_size())
     init_distributed(cfg)
     try:
-        return _train(cfg)
+        return _train(cfg, stop_signal)
     finally:
         destroy_distributed()
 
 
-def _train(cfg: ExperimentConfig) -> dict:
-    stop_signal = StopSignal()  # before the long setup: a signal during it stops after step 1
+def _train(cfg: ExperimentConfig, stop_signal: StopSignal) -> dict:
     rank = dist.get_rank()
     run_dir = Path(cfg.run.dir)
     if rank == 0:
