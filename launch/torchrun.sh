@@ -8,8 +8,8 @@
 # sets run.dir. Before any worker starts, the config and its inputs are checked once for N
 # ranks (`csmoe-train --check`, which prints the plan); a refused config exits 2 and touches
 # nothing. --dry-run prints the torchrun command only (no check, nothing started).
-# SIGUSR1 or SIGTERM to this script: the workers save a checkpoint and exit 0; running the
-# same command again resumes from it.
+# SIGUSR1 or SIGTERM to this script or to its workers: the workers finish the step, save a
+# checkpoint and exit 0; running the same command again resumes from it.
 # Environment: CSMOE_TORCHRUN (default: torchrun on PATH, else the checkout's .venv/bin/torchrun),
 # CSMOE_PYTHON (the Python of the check; default: the one beside torchrun),
 # OMP_NUM_THREADS (default: cores / N).

@@ -1,12 +1,16 @@
 """One logging call per step feeds the console, metrics.jsonl and TensorBoard.
 
 Only the logging rank (rank 0) writes; the others get a logger whose methods do nothing.
+`begin(step)` opens the outputs once the run knows the step it starts from: a resumed run
+first drops what lies past its checkpoint (written after the save by the run it resumes), so
+each step is in metrics.jsonl and TensorBoard once.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -29,13 +33,22 @@ class RunLogger:
         self._jsonl = None
         self._start = time.time()
         self._first_step = None
-        if not enabled:
+        self._run_dir = run_dir
+        self._tensorboard = tensorboard
+
+    def begin(self, step: int) -> None:
+        """Open metrics.jsonl and TensorBoard for a run starting after `step` completed steps
+        (0: from scratch), dropping their records of later steps."""
+        if not self.enabled:
             return
-        self._jsonl = open(run_dir / "metrics.jsonl", "a", buffering=1)
-        if tensorboard:
+        path = self._run_dir / "metrics.jsonl"
+        _drop_records_after(path, step)
+        self._jsonl = open(path, "a", buffering=1)
+        if self._tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(log_dir=str(run_dir / "tb"))
+            # TensorBoard hides the events of steps >= purge_step written before this one.
+            self._tb = SummaryWriter(log_dir=str(self._run_dir / "tb"), purge_step=step + 1)
 
     def info(self, message: str) -> None:
         if self.enabled:
@@ -86,6 +99,27 @@ class RunLogger:
             self._tb.close()
         if self._jsonl is not None:
             self._jsonl.close()
+
+
+def _drop_records_after(path, step: int) -> None:
+    """Rewrite metrics.jsonl without the records past `step`, atomically (a crash leaves the
+    old file or the new one). A torn last line (the writer was killed mid-line) goes too."""
+    if not path.is_file():
+        return
+    kept, dropped = [], False
+    for line in path.read_text().splitlines():
+        try:
+            keep = json.loads(line)["step"] <= step
+        except (ValueError, KeyError, TypeError):
+            keep = False
+        if keep:
+            kept.append(line)
+        dropped |= not keep
+    if not dropped:
+        return
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    os.replace(tmp, path)
 
 
 def _plain(value):

@@ -7,9 +7,10 @@ step -> log (console, metrics.jsonl, TensorBoard) -> eval -> checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import math
-import signal
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -36,6 +37,7 @@ from .moe_logging import MoEMetricsLogger
 from .optim import build_optimizer
 from .run_info import record_launch
 from .step import forward_step
+from .stop_signal import StopSignal, shield_checkpoint_writer
 
 
 class TrainingStopped(RuntimeError):
@@ -44,15 +46,17 @@ class TrainingStopped(RuntimeError):
 
 def run_training(cfg: ExperimentConfig) -> dict:
     """Validate, set up process groups, train, tear down. Returns the last metrics."""
+    # First: a stop signal during the long setup (rendezvous, data, model) stops after step 1.
+    stop_signal = StopSignal()
     validate(cfg, launch_world_size())
     init_distributed(cfg)
     try:
-        return _train(cfg)
+        return _train(cfg, stop_signal)
     finally:
         destroy_distributed()
 
 
-def _train(cfg: ExperimentConfig) -> dict:
+def _train(cfg: ExperimentConfig, stop_signal: StopSignal) -> dict:
     rank = dist.get_rank()
     run_dir = Path(cfg.run.dir)
     if rank == 0:
@@ -86,25 +90,27 @@ def _train(cfg: ExperimentConfig) -> dict:
     optimizer, scheduler = build_optimizer(cfg, chunks, steps)
 
     # Resume.
-    step, consumed = 0, 0
+    step, consumed, progress = 0, 0, {}
     ckpt_root = run_dir / "checkpoints"
     latest = ckpt.latest_checkpoint(ckpt_root, log.info) if cfg.checkpoint.resume else None
     if latest is not None:
         check_tokenizer_matches_checkpoint(tokenizer, latest)
-        progress = ckpt.load_checkpoint(latest, chunks, optimizer, scheduler)
+        with _known_load_deprecations_silenced():
+            progress = ckpt.load_checkpoint(latest, chunks, optimizer, scheduler)
         step, consumed = progress["step"], progress["consumed_samples"]
         log.info(f"resumed from {latest} at step {step}")
 
     moe_context.configure_run(seed=t.seed, total_steps=steps,
                               num_moe_layers=cfg.model.num_moe_layers)
     moe_log = MoEMetricsLogger(cfg, run_dir, log, num_micro)
+    moe_log.load_state_dict(progress.get("moe_logging", {}))
+    log.begin(step)  # drops what the outputs hold past the resumed step
     train_iters = [MicroBatchIterator(train_ds, t.micro_batch_size, dp_rank, dp_size, consumed)
                    for _ in chunks]
     fwd_bwd = get_forward_backward_func()
     tokens_per_step = t.global_batch_size * cfg.model.seq_length
     model_flops = flops_per_token(cfg, vocab) * tokens_per_step
     peak = peak_tflops()
-    stop_signal = _StopSignal()
     total_params, active_params = parameter_counts(cfg, vocab)
     log.info(f"run {run_dir}: {total_params / 1e6:.2f}M parameters ({active_params / 1e6:.2f}M "
              f"active per token), {steps} steps, world {dist.get_world_size()}, dp {dp_size}, "
@@ -161,20 +167,24 @@ def _train(cfg: ExperimentConfig) -> dict:
             with ddp.params_gathered(chunks):
                 metrics.update(evaluate(cfg, chunks, valid_ds, dp_rank, dp_size, num_micro,
                                         fwd_bwd))
-        # MoE numbers are reduced only when logged (a collective: the same steps on all ranks).
-        if step % cfg.logging.interval == 0 or step == steps or evaluated \
-                or moe_log.images_due(step):
-            metrics.update(moe_log.pop(step))
-            log.log_step(step, metrics)
         stop_now = stop_requested or (
             t.exit_after_steps is not None and step - first_step >= t.exit_after_steps)
         interval = cfg.checkpoint.save_interval
-        if (interval > 0 and step % interval == 0) or stop_now or (
-                step == steps and cfg.checkpoint.save_at_end):
+        saving = (interval > 0 and step % interval == 0) or stop_now or (
+            step == steps and cfg.checkpoint.save_at_end)
+        # MoE numbers are reduced only when logged (a collective: the same steps on all ranks);
+        # a saved step is logged too, so no unlogged interval is lost at a resume.
+        if step % cfg.logging.interval == 0 or step == steps or evaluated or saving \
+                or moe_log.images_due(step):
+            metrics.update(moe_log.pop(step))
+            log.log_step(step, metrics)
+        if saving:
+            shield_checkpoint_writer()
             with ddp.params_gathered(chunks):
                 ckpt.save_checkpoint(ckpt_root, step, chunks, optimizer, scheduler,
                                      {"step": step,
-                                      "consumed_samples": train_iters[0].consumed_samples},
+                                      "consumed_samples": train_iters[0].consumed_samples,
+                                      "moe_logging": moe_log.state_dict()},
                                      cfg.checkpoint.keep_last, run_dir / "tokenizer")
             log.info(f"saved checkpoint at step {step}")
         if stop_now:
@@ -251,21 +261,17 @@ def _inject_nan_gradient(chunks) -> None:
             return
 
 
+@contextlib.contextmanager
+def _known_load_deprecations_silenced():
+    """megatron-core 0.16's checkpoint loading calls torch APIs that torch has deprecated (a
+    FutureWarning each, at every resume, nothing a user can act on): silence those two only."""
+    with warnings.catch_warnings():
+        for message in (r"`load_state_dict` is deprecated", r"Please use DTensor instead"):
+            warnings.filterwarnings("ignore", message=message, category=FutureWarning)
+        yield
+
+
 def _clear_moe_tracker() -> None:
     from megatron.core.transformer.moe.moe_utils import clear_aux_losses_tracker
 
     clear_aux_losses_tracker()
-
-
-class _StopSignal:
-    """SIGUSR1 (SLURM's pre-timeout warning) or SIGTERM: save a checkpoint and exit cleanly.
-    Ranks receive signals at different times, so the decision is agreed in the step's
-    all-reduce (_step_outcome)."""
-
-    def __init__(self):
-        self.received = False
-        for sig in (signal.SIGUSR1, signal.SIGTERM):
-            signal.signal(sig, self._handle)
-
-    def _handle(self, signum, frame):
-        self.received = True

@@ -65,8 +65,22 @@ class MoEMetricsLogger:
         self.losses = torch.zeros(len(self.names), cfg.model.num_layers, dtype=torch.float64,
                                   device=self.device)
         self.steps = 0
+        # Since the run began (saved with each checkpoint, see state_dict).
         self.agreement_history: list[list[float]] = []  # one row per logged interval
         self.rate_sum, self.rate_steps = 0.0, 0
+
+    def state_dict(self) -> dict:
+        """The run-long counters, plain JSON values, for the checkpoint's progress record. The
+        interval sums need no saving: every saved step is a logged one (loop.py)."""
+        return {"competition_rate_sum": self.rate_sum, "competition_rate_steps": self.rate_steps,
+                "agreement_history": [list(row) for row in self.agreement_history]}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore state_dict's counters; {} (a fresh run, or an older checkpoint) keeps zeros."""
+        self.rate_sum = float(state.get("competition_rate_sum", 0.0))
+        self.rate_steps = int(state.get("competition_rate_steps", 0))
+        self.agreement_history = [[float(v) for v in row]
+                                  for row in state.get("agreement_history", [])]
 
     def end_step(self, skipped: bool = False) -> None:
         """Every rank, every step (skipped ones too): no collective, no host sync."""
@@ -99,7 +113,7 @@ class MoEMetricsLogger:
         competed = {k: out.get(f"moe/layer{k}/competed", 0.0)
                     for k in range(len(self.moe_layers))}
         out.update(self._losses(losses, competed, steps))
-        if "moe/competition_rate" in out and steps:  # the realised rate since this launch
+        if "moe/competition_rate" in out and steps:  # the realised rate since the run began
             self.rate_sum += out["moe/competition_rate"] * steps
             self.rate_steps += steps
             out["moe/competition_rate_cumulative"] = self.rate_sum / self.rate_steps

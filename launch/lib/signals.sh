@@ -1,11 +1,18 @@
 # shellcheck shell=bash
-# Sourced by the launchers: run torchrun as a child and pass preemption signals on.
+# Sourced by the launchers: run torchrun as a child and turn stop signals into save requests.
 #
-# Why not `exec torchrun`: torchrun starts each worker in a session of its own and does not
-# handle SIGUSR1 (SLURM's warning before the time limit), so SIGUSR1 would kill torchrun and
-# never reach the workers. Here torchrun runs with SIGUSR1 ignored and SIGUSR1 goes straight
-# to its workers, which save a checkpoint and exit 0. SIGTERM/SIGINT go to torchrun, which
-# forwards them to the workers (they save too, within TORCH_ELASTIC_SHUTDOWN_TIMEOUT).
+# SIGUSR1 (SLURM's warning before the time limit) or SIGTERM (cancel, preemption, docker stop)
+# to the launcher: it hands the signal to torchrun's workers, which agree on it at the next
+# step boundary, save a checkpoint and exit 0; torchrun keeps supervising them until they have.
+# Why not `exec torchrun`, or let torchrun forward SIGTERM itself: torchrun does not handle
+# SIGUSR1 (it would kill torchrun and never reach the workers), and on SIGTERM it tears the job
+# down: it signals each worker's process group, waits TORCH_ELASTIC_SHUTDOWN_TIMEOUT, kills
+# them, and exits 1; a second SIGTERM meanwhile (a signal sent to the launcher's whole process
+# group reaches torchrun directly and through the launcher) ends torchrun at once, taking the
+# rendezvous store its workers were started with. So torchrun runs with both signals ignored
+# and not in its TORCHELASTIC_SIGNALS_TO_HANDLE; the workers install their own handlers. A
+# SIGTERM sent to the torchrun process alone is therefore ignored: signal the launcher, the
+# workers, or all of them.
 
 # csmoe_wait PID: the exit status of background PID, riding out trapped signals (a trapped
 # signal makes `wait` return early with a status above 128 while PID still runs).
@@ -23,18 +30,28 @@ csmoe_wait() {
     done
 }
 
+# csmoe_stop_workers SIGNAL PID: a save request to torchrun PID's workers (its children).
+csmoe_stop_workers() {
+    echo "launcher: SIG$1, workers finish their step, save a checkpoint and exit" >&2
+    pkill "-$1" -P "$2" || true
+}
+
 csmoe_run_torchrun() {
     local pid rc=0 torchrun
     read -ra torchrun <<<"${CSMOE_TORCHRUN:-torchrun}"  # e.g. "python -m torch.distributed.run"
     (
-        trap '' USR1
+        trap '' USR1 TERM
+        # torchrun's --signals-to-handle reads PET_SIGNALS_TO_HANDLE; older releases read the
+        # second variable directly.
+        export PET_SIGNALS_TO_HANDLE=SIGINT,SIGHUP,SIGQUIT
+        export TORCHELASTIC_SIGNALS_TO_HANDLE=$PET_SIGNALS_TO_HANDLE
         exec "${torchrun[@]}" "$@"
     ) &
     pid=$!
     # shellcheck disable=SC2064  # expand $pid now
-    trap "echo 'launcher: SIGUSR1, workers save a checkpoint and exit' >&2; pkill -USR1 -P $pid || true" USR1
+    trap "csmoe_stop_workers USR1 $pid" USR1
     # shellcheck disable=SC2064
-    trap "kill -TERM $pid 2>/dev/null" TERM
+    trap "csmoe_stop_workers TERM $pid" TERM
     # shellcheck disable=SC2064
     trap "kill -INT $pid 2>/dev/null" INT
     csmoe_wait "$pid" || rc=$?

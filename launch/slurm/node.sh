@@ -2,6 +2,7 @@
 # One node of a SLURM job: srun (train.sbatch) runs this once per node. Starts torchrun for
 # this node's processes; all nodes meet at the c10d rendezvous hosted by the first node.
 #   node.sh CONFIG [section.key=value ...]   (env from train.sbatch: CSMOE_RDZV_ENDPOINT/ID)
+# SIGUSR1/SIGTERM from srun: the workers finish the step, save and exit 0 (lib/signals.sh).
 # shellcheck source-path=SCRIPTDIR
 set -euo pipefail
 
