@@ -61,8 +61,6 @@ def _train(cfg: ExperimentConfig, stop_signal: StopSignal) -> dict:
     run_dir = Path(cfg.run.dir)
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.yaml")
-        record_launch(run_dir)
     dist.barrier()
     steps = total_steps(cfg)
     t = cfg.train
@@ -99,6 +97,10 @@ def _train(cfg: ExperimentConfig, stop_signal: StopSignal) -> dict:
             progress = ckpt.load_checkpoint(latest, chunks, optimizer, scheduler)
         step, consumed = progress["step"], progress["consumed_samples"]
         log.info(f"resumed from {latest} at step {step}")
+    # Written once the run is sure to start, naming the checkpoint it resumed from.
+    if rank == 0:
+        save_config(cfg, run_dir / "config.yaml")
+        record_launch(run_dir, latest)
 
     moe_context.configure_run(seed=t.seed, total_steps=steps,
                               num_moe_layers=cfg.model.num_moe_layers)

@@ -66,11 +66,10 @@ def _accelerator() -> dict:
     return info
 
 
-def launch_record(run_dir: Path) -> dict:
+def launch_record(run_dir: Path, resumed_from: Path | None = None) -> dict:
     from .. import __version__
 
     config = run_dir / "config.yaml"
-    latest = run_dir / "checkpoints" / "latest"
     return {
         "started_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "hostname": socket.gethostname(),
@@ -84,14 +83,15 @@ def launch_record(run_dir: Path) -> dict:
         "env": {k: os.environ[k] for k in _LAUNCH_ENV if k in os.environ},
         "config_sha256": hashlib.sha256(config.read_bytes()).hexdigest()
         if config.is_file() else None,
-        # A damaged (non-UTF-8) `latest` is resume's to report, not a crash here.
-        "resume_checkpoint": latest.read_text(errors="replace").strip()
-        if latest.is_file() else None,
+        # The checkpoint this launch actually resumed from (after fallback), not what `latest`
+        # says: None for a fresh start or checkpoint.resume=false.
+        "resume_checkpoint": Path(resumed_from).name if resumed_from is not None else None,
     }
 
 
-def record_launch(run_dir: Path) -> Path:
-    """Append this launch to <run_dir>/run_info.json (rank 0 only). Returns the file."""
+def record_launch(run_dir: Path, resumed_from: Path | None = None) -> Path:
+    """Append this launch to <run_dir>/run_info.json (rank 0 only), with the checkpoint it
+    resumed from. Returns the file."""
     path = Path(run_dir) / RUN_INFO
     launches = []
     if path.is_file():
@@ -99,7 +99,7 @@ def record_launch(run_dir: Path) -> Path:
             launches = json.loads(path.read_text()).get("launches", [])
         except (ValueError, AttributeError):  # unreadable: keep it aside, start a new list
             os.replace(path, path.with_suffix(".json.corrupt"))
-    launches.append(launch_record(Path(run_dir)))
+    launches.append(launch_record(Path(run_dir), resumed_from))
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps({"launches": launches}, indent=2) + "\n")
     os.replace(tmp, path)

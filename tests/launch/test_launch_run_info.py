@@ -11,9 +11,10 @@ def test_each_launch_appends_a_record(tmp_path, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "4")
     (tmp_path / "config.yaml").write_text("train: {seed: 1}\n")
     run_info.record_launch(tmp_path)
+    # The checkpoint resume chose (a fallback may differ from what `latest` names).
     (tmp_path / "checkpoints").mkdir()
-    (tmp_path / "checkpoints" / "latest").write_text("iter_0000010\n")
-    path = run_info.record_launch(tmp_path)
+    (tmp_path / "checkpoints" / "latest").write_text("iter_0000020\n")
+    path = run_info.record_launch(tmp_path, tmp_path / "checkpoints" / "iter_0000010")
     launches = json.loads(path.read_text())["launches"]
     assert [entry["resume_checkpoint"] for entry in launches] == [None, "iter_0000010"]
     first = launches[0]
