@@ -23,8 +23,19 @@ csmoe_wait() {
     done
 }
 
+# csmoe_forward_usr1 PID: SIGUSR1 to torchrun PID's workers now and every few seconds until it
+# exits. A worker that has not installed its handler yet (it is still starting) ignores SIGUSR1
+# (inherited from torchrun), so a single early signal would be lost and the job would run into
+# its time limit; a repeat is harmless (the handler only sets a flag).
+csmoe_forward_usr1() {
+    while kill -0 "$1" 2>/dev/null; do
+        pkill -USR1 -P "$1" || true
+        sleep "${CSMOE_USR1_REPEAT_S:-5}"
+    done
+}
+
 csmoe_run_torchrun() {
-    local pid rc=0 torchrun
+    local pid rc=0 torchrun usr1_fwd=
     read -ra torchrun <<<"${CSMOE_TORCHRUN:-torchrun}"  # e.g. "python -m torch.distributed.run"
     (
         trap '' USR1
@@ -32,12 +43,14 @@ csmoe_run_torchrun() {
     ) &
     pid=$!
     # shellcheck disable=SC2064  # expand $pid now
-    trap "echo 'launcher: SIGUSR1, workers save a checkpoint and exit' >&2; pkill -USR1 -P $pid || true" USR1
+    trap "echo 'launcher: SIGUSR1, workers save a checkpoint and exit' >&2
+          [ -n \"\$usr1_fwd\" ] || { csmoe_forward_usr1 $pid & usr1_fwd=\$!; }" USR1
     # shellcheck disable=SC2064
     trap "kill -TERM $pid 2>/dev/null" TERM
     # shellcheck disable=SC2064
     trap "kill -INT $pid 2>/dev/null" INT
     csmoe_wait "$pid" || rc=$?
     trap - USR1 TERM INT
+    if [ -n "$usr1_fwd" ]; then kill "$usr1_fwd" 2>/dev/null || true; fi
     return "$rc"
 }
