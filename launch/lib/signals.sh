@@ -23,14 +23,23 @@ csmoe_wait() {
     done
 }
 
-# csmoe_forward_usr1 PID: SIGUSR1 to torchrun PID's workers now and every few seconds until it
-# exits. A worker that has not installed its handler yet (it is still starting) ignores SIGUSR1
-# (inherited from torchrun), so a single early signal would be lost and the job would run into
-# its time limit; a repeat is harmless (the handler only sets a flag).
+# csmoe_forward_usr1 PID: SIGUSR1 once to each worker of torchrun PID, as soon as the worker
+# catches it. A worker installs its handler late (after building the model); until then it
+# ignores SIGUSR1 (inherited from torchrun), so an early signal would be lost and the job would
+# run into its time limit. Not blindly repeated: a worker exiting has restored the default
+# action, and a repeat would kill it. Where /proc is missing: once, at once.
 csmoe_forward_usr1() {
+    local sent=" " w mask
+    if [ ! -r /proc/self/status ]; then pkill -USR1 -P "$1" || true; return 0; fi
     while kill -0 "$1" 2>/dev/null; do
-        pkill -USR1 -P "$1" || true
-        sleep "${CSMOE_USR1_REPEAT_S:-5}"
+        for w in $(pgrep -P "$1"); do
+            case "$sent" in *" $w "*) continue ;; esac
+            mask=$(awk '/^SigCgt:/ {print $2}' "/proc/$w/status" 2>/dev/null) || continue
+            if [ -n "$mask" ] && (( 0x$mask & 0x200 )); then  # bit 9: SIGUSR1 (10) is caught
+                kill -USR1 "$w" 2>/dev/null && sent+="$w "
+            fi
+        done
+        sleep 1
     done
 }
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import signal
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -96,44 +97,6 @@ def test_scontrol_requeue_resumes_from_the_last_checkpoint(slurm_cluster, comple
     assert _logged_steps(run_dir) == list(range(1, STEPS + 1))  # each step once
 
 
-@pytest.fixture(scope="module")
-def time_limited_job(slurm_cluster, tmp_path_factory):
-    """A job with a one-minute limit and a 50 s warning: SLURM signals it, it saves and
-    requeues itself; once the requeued run has resumed, it is cancelled with scancel."""
-    work = tmp_path_factory.mktemp("slurm_time_limit")
-    run_dir = work / "run"
-    job_id = slurm_cluster.submit(work, run_dir, FOREVER, "checkpoint.save_interval=0",
-                                  options=("--time", "1", "--warn-seconds", "50"))
-    wait_until(lambda: int(slurm_cluster.job(job_id)["Restarts"]) >= 1, 150, "the requeue")
-    saved = latest(run_dir)
-    wait_until(lambda: "resumed from" in log_of(slurm_cluster.job(job_id)), 120, "the resume")
-    resumed_at = len(metrics(run_dir))
-    wait_until(lambda: len(metrics(run_dir)) > resumed_at, 60, "a step after the resume")
-    slurm_cluster.command("scancel", str(job_id))
-    info = slurm_cluster.wait_state(job_id, ENDED, timeout=60)
-    wait_until(lambda: not slurm_cluster.processes(job_id), 60, "the job's processes to end")
-    return info, run_dir, saved
-
-
-def test_time_limit_saves_a_checkpoint_before_the_kill(time_limited_job):
-    info, run_dir, saved = time_limited_job
-    log = log_of(info)
-    assert saved is not None, tail(log)
-    step = int(saved.split("_")[1])
-    assert "train.sbatch: SIGUSR1, saving a checkpoint" in log
-    assert f"saved checkpoint at step {step}\nstopping early" in log
-    assert f"resumed from {run_dir}/checkpoints/{saved} at step {step}" in log
-    assert "DUE TO TIME LIMIT" not in log  # the warning came first; the limit never struck
-
-
-def test_scancel_ends_the_job_cleanly(time_limited_job):
-    info, _, _ = time_limited_job
-    log = log_of(info)
-    assert info["JobState"] == "CANCELLED", tail(log)
-    assert "CANCELLED AT" in log
-    _no_stack_dumps(log)
-
-
 def test_killed_rank_ends_the_job_and_names_its_node(slurm_cluster, tmp_path):
     run_dir = tmp_path / "run"
     job_id = slurm_cluster.submit(tmp_path, run_dir, FOREVER)
@@ -148,3 +111,51 @@ def test_killed_rank_ends_the_job_and_names_its_node(slurm_cluster, tmp_path):
     assert "node.sh[1@n2]: torchrun exited with 1" in log, tail(log)
     assert "srun: error: n2: task 1: Exited with exit code 1" in log
     wait_until(lambda: not slurm_cluster.processes(job_id), 60, "the job's processes to end")
+
+
+def _time_limit_then_scancel(cluster, work):
+    """A job with a two-minute limit and a 100 s warning: SLURM signals it, it saves and
+    requeues itself; once the requeued run has resumed and trained a step, scancel."""
+    run_dir = work / "run"
+    job_id = cluster.submit(work, run_dir, FOREVER, "checkpoint.save_interval=0",
+                            options=("--time", "2", "--warn-seconds", "100"))
+    wait_until(lambda: int(cluster.job(job_id)["Restarts"]) >= 1, 240, "the requeue")
+    wait_until(lambda: "resumed from" in log_of(cluster.job(job_id)), 180, "the resume")
+    resumed_at = len(metrics(run_dir))
+    wait_until(lambda: len(metrics(run_dir)) > resumed_at, 120, "a step after the resume")
+    cluster.command("scancel", str(job_id))
+    info = cluster.wait_state(job_id, ENDED, timeout=90)
+    wait_until(lambda: not cluster.processes(job_id), 60, "the job's processes to end")
+    return info, run_dir
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _time_limited_job(slurm_cluster, tmp_path_factory):
+    """Runs beside the other tests of this module (it mostly waits for SLURM's clock)."""
+    work = tmp_path_factory.mktemp("slurm_time_limit")
+    with ThreadPoolExecutor(1) as pool:
+        yield pool.submit(_time_limit_then_scancel, slurm_cluster, work)
+
+
+@pytest.fixture
+def time_limited_job(_time_limited_job):
+    return _time_limited_job.result(timeout=600)
+
+
+def test_time_limit_saves_a_checkpoint_before_the_kill(time_limited_job):
+    info, run_dir = time_limited_job
+    log = log_of(info)
+    assert "train.sbatch: SIGUSR1, saving a checkpoint" in log, tail(log)
+    saved = re.search(r"saved checkpoint at step (\d+)\nstopping early", log)
+    assert saved, tail(log)
+    step = int(saved.group(1))
+    assert f"resumed from {run_dir}/checkpoints/iter_{step:07d} at step {step}" in log
+    assert "DUE TO TIME LIMIT" not in log  # the warning came first; the limit never struck
+
+
+def test_scancel_ends_the_job_cleanly(time_limited_job):
+    info, _ = time_limited_job
+    log = log_of(info)
+    assert info["JobState"] == "CANCELLED", tail(log)
+    assert "CANCELLED AT" in log
+    _no_stack_dumps(log)
