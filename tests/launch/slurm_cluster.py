@@ -31,6 +31,12 @@ def missing_reason() -> str | None:
         return f"SLURM/munge not installed ({', '.join(absent)}): apt-get install slurm-wlm munge"
     if os.geteuid() != 0:
         return "a local SLURM cluster needs root (slurmd starts job steps as the submitting user)"
+    try:
+        for node in ("n1", "n2"):
+            socket.gethostbyname(node)
+    except OSError:
+        if not os.access("/etc/hosts", os.W_OK):
+            return "nodes n1 and n2 do not resolve and /etc/hosts is read-only (add '127.0.0.1 n1 n2')"
     return None
 
 

@@ -115,11 +115,14 @@ def test_killed_rank_ends_the_job_and_names_its_node(slurm_cluster, tmp_path):
 
 def _time_limit_then_scancel(cluster, work):
     """A job with a two-minute limit and a 100 s warning: SLURM signals it, it saves and
-    requeues itself; once the requeued run has resumed and trained a step, scancel."""
+    requeues itself; once the requeued run has resumed and trained a step, scancel (which must
+    not requeue it, even while a warning's save is under way)."""
     run_dir = work / "run"
     job_id = cluster.submit(work, run_dir, FOREVER, "checkpoint.save_interval=0",
                             options=("--time", "2", "--warn-seconds", "100"))
     wait_until(lambda: int(cluster.job(job_id)["Restarts"]) >= 1, 240, "the requeue")
+    # The requeued run would get the same warning again; give it time to be cancelled instead.
+    cluster.command("scontrol", "update", f"JobId={job_id}", "TimeLimit=30")
     wait_until(lambda: "resumed from" in log_of(cluster.job(job_id)), 180, "the resume")
     resumed_at = len(metrics(run_dir))
     wait_until(lambda: len(metrics(run_dir)) > resumed_at, 120, "a step after the resume")
@@ -158,4 +161,5 @@ def test_scancel_ends_the_job_cleanly(time_limited_job):
     log = log_of(info)
     assert info["JobState"] == "CANCELLED", tail(log)
     assert "CANCELLED AT" in log
+    assert "(restart 2)" not in log
     _no_stack_dumps(log)
