@@ -39,7 +39,8 @@ ensure_hosts() {  # the node names must resolve, to this machine
     for n in "${nodes[@]}"; do
         addr=$(getent hosts "$n" | awk '{print $1; exit}' || true)
         if [ -z "$addr" ]; then missing+=("$n")
-        elif [ "$addr" != 127.0.0.1 ]; then die "host $n resolves to $addr, not 127.0.0.1 (/etc/hosts)"
+        elif [ "$addr" != 127.0.0.1 ]; then
+            die "host $n resolves to $addr, not 127.0.0.1 (/etc/hosts)"
         fi
     done
     if [ ${#missing[@]} -gt 0 ]; then
@@ -85,7 +86,8 @@ EOF
         echo "NodeName=${nodes[$i]} NodeAddr=127.0.0.1 NodeHostname=$(hostname -s)" \
              "Port=$((port + 1 + i)) CPUs=$cpus State=UNKNOWN" >>"$conf"
     done
-    echo "PartitionName=local Nodes=$(IFS=,; echo "${nodes[*]}") Default=YES MaxTime=INFINITE State=UP" >>"$conf"
+    echo "PartitionName=local Nodes=$(IFS=,; echo "${nodes[*]}") Default=YES MaxTime=INFINITE" \
+         "State=UP" >>"$conf"
 }
 
 running() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
@@ -140,8 +142,11 @@ stop() {
 
 status() {
     local f ok=0
-    for f in "$dir/munged.pid" "$dir/slurmctld.pid" "$dir"/slurmd-*.pid; do
-        if running "$f"; then echo "$(basename "$f" .pid): running"; else echo "$(basename "$f" .pid): stopped"; ok=1; fi
+    for f in "$dir/munged.pid" "$dir/slurmctld.pid" "${nodes[@]/#/$dir/slurmd-}"; do
+        f=${f%.pid}.pid
+        if running "$f"; then echo "$(basename "$f" .pid): running"
+        else echo "$(basename "$f" .pid): stopped"; ok=1
+        fi
     done
     if [ "$ok" -eq 0 ]; then SLURM_CONF=$conf sinfo -N; fi
     return "$ok"

@@ -36,7 +36,8 @@ def missing_reason() -> str | None:
             socket.gethostbyname(node)
     except OSError:
         if not os.access("/etc/hosts", os.W_OK):
-            return "nodes n1 and n2 do not resolve and /etc/hosts is read-only (add '127.0.0.1 n1 n2')"
+            return ("nodes n1 and n2 do not resolve and /etc/hosts is read-only "
+                    "(add '127.0.0.1 n1 n2')")
     return None
 
 
