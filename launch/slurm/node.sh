@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One node of a SLURM job: srun (train.sbatch) runs this once per node. Starts torchrun for
-# this node's processes; all nodes meet at the c10d rendezvous hosted by the first node.
+# this node's processes; all nodes meet at the static rendezvous hosted by the first node.
 #   node.sh CONFIG [section.key=value ...]   (env from train.sbatch: CSMOE_RDZV_ENDPOINT/ID)
 # shellcheck source-path=SCRIPTDIR
 set -euo pipefail
