@@ -30,14 +30,40 @@ csmoe_wait() {
     done
 }
 
-# csmoe_stop_workers SIGNAL PID: a save request to torchrun PID's workers (its children).
+# csmoe_forward_stop SIGNAL PID: SIGNAL once to each worker of torchrun PID, as soon as the
+# worker catches it. Until a worker installs its handler (early in its start-up) it ignores the
+# signal, inherited from torchrun, so an early signal would be lost and the job would run into
+# its time limit. Not blindly repeated: a worker exiting has restored the default action, and a
+# repeat would kill it. Where /proc is missing: once, at once.
+csmoe_forward_stop() {
+    local sig=$1 pid=$2 sent=" " w mask bit
+    if [ ! -r /proc/self/status ]; then pkill "-$sig" -P "$pid" || true; return 0; fi
+    bit=$(( 1 << ($(kill -l "$sig") - 1) ))  # the signal's bit in /proc/PID/status SigCgt
+    while kill -0 "$pid" 2>/dev/null; do
+        for w in $(pgrep -P "$pid"); do
+            case "$sent" in *" $w "*) continue ;; esac
+            mask=$(awk '/^SigCgt:/ {print $2}' "/proc/$w/status" 2>/dev/null) || continue
+            if [ -n "$mask" ] && (( 0x$mask & bit )); then
+                kill "-$sig" "$w" 2>/dev/null && sent+="$w "
+            fi
+        done
+        sleep 1
+    done
+}
+
+# csmoe_stop_workers SIGNAL PID: a save request to torchrun PID's workers (its children), once
+# per launch whatever the number of signals (SLURM may send the same one twice).
 csmoe_stop_workers() {
     echo "launcher: SIG$1, workers finish their step, save a checkpoint and exit" >&2
-    pkill "-$1" -P "$2" || true
+    if [ -z "$csmoe_forwarder" ]; then
+        csmoe_forward_stop "$1" "$2" &
+        csmoe_forwarder=$!
+    fi
 }
 
 csmoe_run_torchrun() {
     local pid rc=0 torchrun
+    csmoe_forwarder=
     read -ra torchrun <<<"${CSMOE_TORCHRUN:-torchrun}"  # e.g. "python -m torch.distributed.run"
     (
         trap '' USR1 TERM
@@ -56,5 +82,6 @@ csmoe_run_torchrun() {
     trap "kill -INT $pid 2>/dev/null" INT
     csmoe_wait "$pid" || rc=$?
     trap - USR1 TERM INT
+    if [ -n "$csmoe_forwarder" ]; then kill "$csmoe_forwarder" 2>/dev/null || true; fi
     return "$rc"
 }

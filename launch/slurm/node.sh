@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One node of a SLURM job: srun (train.sbatch) runs this once per node. Starts torchrun for
-# this node's processes; all nodes meet at the c10d rendezvous hosted by the first node.
+# this node's processes; all nodes meet at the static rendezvous hosted by the first node.
 #   node.sh CONFIG [section.key=value ...]   (env from train.sbatch: CSMOE_RDZV_ENDPOINT/ID)
 # SIGUSR1/SIGTERM from srun: the workers finish the step, save and exit 0 (lib/signals.sh).
 # shellcheck source-path=SCRIPTDIR
@@ -19,14 +19,16 @@ node=${SLURM_NODEID:-${SLURM_PROCID:?not started by srun}}
 procs=${CSMOE_NPROC_PER_NODE:-$(csmoe_default_nproc)}
 csmoe_thread_env "$procs"
 csmoe_python_path "$(dirname "$(dirname "$here")")"
-# The first node hosts the rendezvous store; the others connect to it.
-is_host=0
-if [ "$node" -eq 0 ]; then is_host=1; fi
-
-args=(--nnodes "$SLURM_NNODES" --nproc-per-node "$procs" --max-restarts 0
-      --rdzv-backend c10d --rdzv-endpoint "$CSMOE_RDZV_ENDPOINT" --rdzv-id "$CSMOE_RDZV_ID"
-      --rdzv-conf "is_host=$is_host" -m csmoe_megatron.train --config "$config" "$@")
-echo "node.sh[$node@$(hostname)]: ${CSMOE_TORCHRUN:-torchrun} ${args[*]}" >&2
+# Static rendezvous: node 0's torchrun hosts the store and the others connect to it. Not c10d:
+# its agents close the rendezvous in that store after the exit barrier, racing node 0's exit,
+# and the loser's TCPStore client dumps a C++ stack ("recvVector failed", frame #...) into the
+# log. The job is fixed-size with no restarts, so the elastic rendezvous buys nothing here.
+args=(--nnodes "$SLURM_NNODES" --node-rank "$node" --nproc-per-node "$procs" --max-restarts 0
+      --rdzv-backend static --rdzv-endpoint "$CSMOE_RDZV_ENDPOINT" --rdzv-id "$CSMOE_RDZV_ID"
+      -m csmoe_megatron.train --config "$config" "$@")
+where="node.sh[$node@${SLURMD_NODENAME:-$(hostname)}]"
+echo "$where: ${CSMOE_TORCHRUN:-torchrun} ${args[*]}" >&2
 rc=0
 csmoe_run_torchrun "${args[@]}" || rc=$?
+if [ "$rc" -ne 0 ]; then echo "$where: torchrun exited with $rc" >&2; fi
 exit "$rc"

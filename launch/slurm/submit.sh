@@ -10,7 +10,8 @@
 # (sbatch --gres=SPEC, e.g. gpu:8 or gpu:h100:8); with neither the job asks for none (CPU).
 # --cpus-per-task: CPUs of the one task per node (train.sbatch: 32); --exclusive: whole nodes.
 # --image runs every node inside a container (pyxis/enroot by default, or apptainer).
-# --warn-seconds: how long before the time limit SLURM sends SIGUSR1 (save and requeue).
+# --warn-seconds: how long before the time limit SLURM sends SIGUSR1 (save and requeue);
+#   it must be shorter than --time.
 # --job-name: the job's name (default csmoe; the log is NAME-JOBID.out).
 # --dry-run prints the sbatch command instead of running it (no check).
 # Before sbatch, the config and its inputs are checked for the job's ranks (nodes x processes
@@ -22,7 +23,7 @@
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-usage() { sed -n '2,21s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; }
+usage() { sed -n '2,22s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; }
 
 positive() {  # NAME VALUE: VALUE must be a positive integer
     if ! [[ "$2" =~ ^[1-9][0-9]*$ ]]; then
@@ -30,7 +31,28 @@ positive() {  # NAME VALUE: VALUE must be a positive integer
     fi
 }
 
-opts=() exports="ALL,CSMOE_ROOT=$root" dry_run=0 warn=300 nodes=1 per_node="" image=0
+# seconds_of T: SLURM's time spec (M, M:S, H:M:S, D-H, D-H:M, D-H:M:S) in seconds; empty for
+# anything else (e.g. UNLIMITED).
+seconds_of() {
+    local d=0 h=0 m=0 s=0 t=$1 parts
+    if [[ "$t" =~ ^([0-9]+)-([0-9:]+)$ ]]; then
+        d=${BASH_REMATCH[1]}
+        IFS=: read -r h m s <<<"${BASH_REMATCH[2]}"
+    elif [[ "$t" =~ ^[0-9:]+$ ]]; then
+        IFS=: read -ra parts <<<"$t"
+        case ${#parts[@]} in
+            1) m=${parts[0]} ;;
+            2) m=${parts[0]} s=${parts[1]} ;;
+            3) h=${parts[0]} m=${parts[1]} s=${parts[2]} ;;
+            *) return 0 ;;
+        esac
+    else
+        return 0
+    fi
+    echo $(( ((10#$d * 24 + 10#${h:-0}) * 60 + 10#${m:-0}) * 60 + 10#${s:-0} ))
+}
+
+opts=() exports="ALL,CSMOE_ROOT=$root" dry_run=0 warn=300 time_limit="" nodes=1 per_node="" image=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --nodes | --gpus-per-node | --time | --partition | --account | --job-name | --gres)
@@ -38,6 +60,7 @@ while [ $# -gt 0 ]; do
                 --nodes) nodes=${2:?$1 needs a value} ;;
                 --gpus-per-node) per_node=${2:?$1 needs a value} ;;
                 --gres) per_node=$(sed -nE 's/(^|.*,)gpu(:[^:,]+)?:([0-9]+).*/\3/p' <<<"${2:?}") ;;
+                --time) time_limit=${2:?$1 needs a value} ;;
             esac
             opts+=("$1=${2:?$1 needs a value}"); shift 2 ;;
         --cpus-per-task)
@@ -45,7 +68,7 @@ while [ $# -gt 0 ]; do
         --exclusive) opts+=(--exclusive); shift ;;
         --image) exports+=",CSMOE_CONTAINER_IMAGE=${2:?--image needs a value}"; image=1; shift 2 ;;
         --runtime) exports+=",CSMOE_CONTAINER_RUNTIME=${2:?--runtime needs a value}"; shift 2 ;;
-        --warn-seconds) warn=${2:?--warn-seconds needs a value}; shift 2 ;;
+        --warn-seconds) positive "$1" "${2:?$1 needs a value}"; warn=$2; shift 2 ;;
         --dry-run) dry_run=1; shift ;;
         -h | --help) usage; exit 0 ;;
         --) shift; break ;;
@@ -55,6 +78,13 @@ while [ $# -gt 0 ]; do
 done
 if [ $# -lt 1 ]; then usage >&2; exit 2; fi
 if [ ! -f "$1" ]; then echo "submit.sh: config file not found: $1" >&2; exit 2; fi
+limit_s=$(seconds_of "${time_limit:-04:00:00}")
+if [ -n "$limit_s" ] && [ "$limit_s" -le "$warn" ]; then
+    echo "submit.sh: the time limit (${time_limit:-04:00:00}, ${limit_s}s) must be longer than" \
+         "--warn-seconds ($warn): SLURM would send the save-and-requeue signal at once;" \
+         "pass a longer --time or a smaller --warn-seconds" >&2
+    exit 2
+fi
 
 cmd=(sbatch "${opts[@]}" --signal="B:USR1@$warn" --export="$exports"
      "$root/launch/slurm/train.sbatch" "$@")
