@@ -6,6 +6,7 @@ its own, digits split, and (by default) byte fallback so no character is ever <u
 
 import io
 import os
+import re
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -128,10 +129,8 @@ def train_tokenizer(inputs, output_dir, vocab_size: int, *, model_type: str = "b
                 f"The inputs hold no text to train on ({len(files)} file(s)). Fix: check --input, "
                 "--json-key and --txt-doc-mode."
             ) from None
-        raise TokenizerUserError(
-            f"SentencePiece training failed: {str(error).strip()}. Fix: usually --vocab-size is too "
-            f"large for this much text (or too small for --byte-fallback's 256 byte pieces)."
-        ) from None
+        raise TokenizerUserError(_training_failure(str(error), vocab_size, character_coverage)) \
+            from None
     if lines.error:
         raise lines.error
     proto = model.getvalue()
@@ -173,3 +172,23 @@ def _write_tokenizer_dir(directory: Path, proto: bytes, metadata: bytes) -> None
         raise TokenizerUserError(f"Cannot create tokenizer directory {directory}: {error}.") from None
     finally:
         remove_quietly(staging)
+
+
+def _training_failure(message: str, vocab_size: int, character_coverage: float) -> str:
+    """SentencePiece's failure in our flags' words (its own text names its own flags)."""
+    chars = re.search(r"smaller than required_chars\. \d+ vs (\d+)", message)
+    if chars:
+        return (f"--vocab-size {vocab_size} is too small: the corpus needs {chars.group(1)} pieces "
+                f"for its characters at --character-coverage {character_coverage} (with "
+                f"--byte-fallback's 256 byte pieces), plus the special pieces. Fix: raise "
+                f"--vocab-size above that, or lower --character-coverage so that rare characters "
+                f"become byte pieces.")
+    high = re.search(r"Vocabulary size too high \(\d+\)\. Please set it to a value <= (\d+)", message)
+    if high:
+        return (f"--vocab-size {vocab_size} is too large for this much text: at most {high.group(1)} "
+                f"pieces can be learned from it. Fix: use --vocab-size {high.group(1)} or less, or "
+                f"train on more text.")
+    detail = message.strip().split("] ")[-1]
+    return (f"SentencePiece training failed: {detail} Fix: check --vocab-size (too large for this "
+            f"much text, or too small for the corpus' characters and --byte-fallback's 256 byte "
+            f"pieces) and --character-coverage.")

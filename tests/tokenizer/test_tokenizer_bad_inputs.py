@@ -4,6 +4,7 @@
 import bz2
 import json
 import lzma
+import re
 
 import pytest
 
@@ -133,3 +134,21 @@ def test_validate_indexed_prefix_names_the_bad_file(tmp_path, corpus_dir, small_
     (tmp_path / "ds.idx").unlink()
     with pytest.raises(TokenizerUserError, match=r"ds\.idx missing"):
         validate_indexed_prefix(prefix)
+
+
+@pytest.mark.parametrize("vocab_size, words", [
+    (300, ["--vocab-size 300 is too small", "pieces for its characters", "--character-coverage"]),
+    (5000, ["--vocab-size 5000 is too large", "at most"]),
+])
+def test_a_vocabulary_that_does_not_fit_the_corpus_names_our_flags(tmp_path, vocab_size, words):
+    # 400 distinct characters (CJK), each needed at full coverage, + 256 byte pieces.
+    text = "\n\n".join("".join(chr(0x4E00 + (i * 7 + j) % 400) for j in range(60)) for i in range(80))
+    (tmp_path / "cjk.txt").write_text(text + "\n", encoding="utf-8")
+    with pytest.raises(TokenizerUserError) as caught:
+        train_tokenizer([tmp_path / "cjk.txt"], tmp_path / "tok", vocab_size=vocab_size,
+                        character_coverage=1.0)
+    message = str(caught.value)
+    assert all(w in message for w in words), message
+    needed = re.search(r"needs (\d+) pieces", message)
+    assert needed is None or int(needed.group(1)) >= 400 + 256, message
+    assert "--character_coverage" not in message and not (tmp_path / "tok" / "tokenizer.model").exists()
