@@ -66,6 +66,7 @@ class MoEMetricsLogger:
                                   device=self.device)
         self.steps = 0
         self.agreement_history: list[list[float]] = []  # one row per logged interval
+        self.agreement_steps: list[int] = []  # the step of each row (the pictures' x axis)
         self.rate_sum, self.rate_steps = 0.0, 0
 
     def end_step(self, skipped: bool = False) -> None:
@@ -103,7 +104,7 @@ class MoEMetricsLogger:
             self.rate_sum += out["moe/competition_rate"] * steps
             self.rate_steps += steps
             out["moe/competition_rate_cumulative"] = self.rate_sum / self.rate_steps
-        self._remember_agreement(out)
+        self._remember_agreement(out, step)
         if self.images_due(step) and self.log.enabled:
             self._draw(loads, step)
         return out
@@ -126,23 +127,27 @@ class MoEMetricsLogger:
                 out[f"moe/{name}"] = sum(per_layer.values()) / len(per_layer)
         return out
 
-    def _remember_agreement(self, metrics: dict) -> None:
+    def _remember_agreement(self, metrics: dict, step: int) -> None:
         values = [metrics.get(f"moe/layer{k}/agreement") for k in range(len(self.moe_layers))]
         if all(v is None for v in values):
             return
-        last = self.agreement_history[-1] if self.agreement_history else [0.0] * len(values)
-        # A layer that did not compete in this interval keeps its last measured value.
+        last = self.agreement_history[-1] if self.agreement_history else [float("nan")] * len(values)
+        # A layer that did not compete in this interval keeps its last measured value (NaN,
+        # drawn as "not measured yet", until its first competition).
         self.agreement_history.append([last[i] if v is None else v for i, v in enumerate(values)])
+        self.agreement_steps.append(step)
 
     def _draw(self, loads: dict, step: int) -> None:
-        from ..analysis.routing_images import agreement_image, expert_load_image, write_png
+        from ..analysis import routing_images as pictures
 
         self.picture_dir.mkdir(parents=True, exist_ok=True)
         if loads:
-            image = expert_load_image(loads)
-            self.log.add_image("moe/expert_load", image, step)
-            write_png(image, self.picture_dir / f"expert_load_step{step:07d}.png")
+            rgb = pictures.render_rgb(pictures.expert_load_figure(loads, step))
+            self.log.add_image("moe/expert_load", pictures.tensorboard_image(rgb), step)
+            pictures.write_png(rgb, self.picture_dir / f"expert_load_step{step:07d}.png")
         if self.agreement_history:
-            image = agreement_image(self.agreement_history)
-            self.log.add_image("moe/router_competition_agreement", image, step)
-            write_png(image, self.picture_dir / "agreement.png")
+            rgb = pictures.render_rgb(pictures.agreement_figure(
+                self.agreement_history, self.agreement_steps, step))
+            self.log.add_image("moe/router_competition_agreement",
+                               pictures.tensorboard_image(rgb), step)
+            pictures.write_png(rgb, self.picture_dir / "agreement.png")
