@@ -1,4 +1,5 @@
-"""Test oracle: a dense CompeteSMoE layer written from docs/competesmoe.md (spec §1-§3) alone.
+"""Test oracle: a dense CompeteSMoE layer written from the spec alone
+(shared/docs/competesmoe.md §1-§3).
 
 Independent of the package on purpose: nothing here imports csmoe_megatron.moe, so a bug in
 the layer's gates, neural response or losses cannot hide by being shared with its oracle. The

@@ -1,4 +1,7 @@
 """The dense test oracle (tests/moe/dense_oracle.py, spec §1-§3) against naive per-token loops."""
+import ast
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -140,3 +143,12 @@ def test_oracle_losses_on_hand_computed_cases():
     assert float(dense_oracle.distillation_loss(logits, logits, winners, 1, 0.1)) == 0.0
     # softplus mean: s(0) = log 2.
     assert float(dense_oracle.neural_response(torch.zeros(1, 1, 5))) == pytest.approx(0.693147, abs=1e-6)
+
+
+def test_oracle_imports_nothing_from_the_package():
+    """Its independence is the point: a shared helper would hide a shared bug."""
+    tree = ast.parse(Path(dense_oracle.__file__).read_text())
+    names = [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import)
+             for alias in node.names]
+    names += [node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)]
+    assert names and not [n for n in names if n.split(".")[0] == "csmoe_megatron"], names
