@@ -1,1 +1,2 @@
-"""Pictures of routing: expert-load and router-competition agreement heatmaps."""
+"""Pictures of a run: expert-load and router-competition agreement heatmaps, the loss curve;
+and csmoe-ab (CompeteSMoE vs top-K on one experiment)."""

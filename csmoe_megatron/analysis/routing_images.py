@@ -1,72 +1,123 @@
-"""Heatmaps of routing as images: for TensorBoard (CHW float tensors) and as PNG files.
+"""Routing heatmaps a person can read: titled axes, tick labels, a colour bar, a title that says
+the step and the quantity. Drawn with matplotlib's Agg canvas (no display, no pyplot state), then
+rendered once to an RGB array that feeds both TensorBoard and the PNG under <run.dir>/routing/.
 
-No plotting library is needed: a small perceptual colour ramp, nearest-neighbour upscaling
-so each cell is a visible block, and a minimal PNG writer (zlib) for files a person can open.
+* expert load: rows MoE layers, columns experts, colour the fraction of routed token slots each
+  expert took since the previous record (uniform load = 1/E, marked on the colour bar);
+* router-competition agreement: rows MoE layers, columns the steps of the records that held a
+  competition step, colour the fraction of tokens whose router top-K equals the winners.
 """
 
 from __future__ import annotations
 
-import struct
-import zlib
+import os
 from pathlib import Path
+from typing import Sequence
 
+import numpy as np
 import torch
 
-# Anchor colours of a viridis-like ramp (dark blue -> green -> yellow), RGB in [0, 1].
-_RAMP = torch.tensor([[0.267, 0.005, 0.329], [0.229, 0.322, 0.546], [0.128, 0.567, 0.551],
-                      [0.369, 0.789, 0.383], [0.993, 0.906, 0.144]])
+CMAP = "viridis"  # perceptually uniform, readable in grey
+ANNOTATE_UP_TO = 16  # cells per side below which each cell also shows its number
+MAX_X_TICKS = 12
+NOT_MEASURED = "#d9d9d9"  # light grey: a NaN cell (a layer that has not competed yet)
 
 
-def colourise(values: torch.Tensor, vmin: float = 0.0, vmax: float | None = None) -> torch.Tensor:
-    """[rows, cols] values -> [3, rows, cols] RGB in [0, 1]."""
-    v = values.detach().float().cpu()
-    top = float(v.max()) if vmax is None else vmax
-    t = ((v - vmin) / max(top - vmin, 1e-12)).clamp(0, 1) * (len(_RAMP) - 1)
-    lo = t.floor().long().clamp(max=len(_RAMP) - 2)
-    frac = (t - lo.float()).unsqueeze(-1)
-    rgb = _RAMP[lo] * (1 - frac) + _RAMP[lo + 1] * frac
-    return rgb.permute(2, 0, 1).contiguous()
+def _new_figure(rows: int, cols: int):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    width = min(max(3.0 + 0.5 * cols, 6.0), 16.0)
+    height = min(max(1.8 + 0.45 * rows, 3.0), 12.0)
+    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
 
 
-def upscale(image: torch.Tensor, cell_h: int, cell_w: int) -> torch.Tensor:
-    return image.repeat_interleave(cell_h, dim=1).repeat_interleave(cell_w, dim=2)
+def _heatmap(fig, table: np.ndarray, vmin: float, vmax: float, annotate: bool):
+    """One imshow of table [rows, cols] with a colour bar; cell (c, r) is centred at data (c, r)."""
+    from matplotlib import colormaps
+
+    ax = fig.add_subplot()
+    cmap = colormaps[CMAP].with_extremes(bad=NOT_MEASURED)
+    image = ax.imshow(np.ma.masked_invalid(table), cmap=cmap, vmin=vmin, vmax=vmax,
+                      aspect="auto", interpolation="nearest")
+    ax.set_yticks(range(table.shape[0]))
+    if annotate:
+        norm = image.norm
+        for (r, c), value in np.ndenumerate(table):
+            if not np.isfinite(value):
+                continue
+            # Dark text on the bright (yellow) end of the ramp, white elsewhere.
+            luminance = np.dot(cmap(norm(value))[:3], (0.299, 0.587, 0.114))
+            ax.text(c, r, f"{value:.2f}", ha="center", va="center", fontsize=7,
+                    color="black" if luminance > 0.5 else "white")
+    return ax, fig.colorbar(image, ax=ax)
 
 
-def heatmap(values: torch.Tensor, cell_h: int = 16, cell_w: int = 16,
-            vmax: float | None = None) -> torch.Tensor:
-    return upscale(colourise(values, vmax=vmax), cell_h, cell_w)
-
-
-def expert_load_image(loads: dict[int, torch.Tensor], cell: int = 16) -> torch.Tensor:
-    """Rows: MoE layers; columns: experts; colour: fraction of routed tokens (0 .. 2/E)."""
+def expert_load_figure(loads: dict[int, torch.Tensor], step: int):
+    """{MoE layer: [E] fractions of routed slots} -> Figure. The colour scale runs from 0 to
+    max(2/E, the largest load), so a balanced layer sits mid-ramp and nothing is clipped."""
     layers = sorted(loads)
-    table = torch.stack([loads[layer].float().cpu() for layer in layers])
-    balanced = 1.0 / table.shape[1]
-    return heatmap(table, cell, cell, vmax=2 * balanced)  # uniform load sits mid-ramp
+    table = torch.stack([loads[layer].detach().float().cpu() for layer in layers]).numpy()
+    num_experts = table.shape[1]
+    uniform = 1.0 / num_experts
+    fig = _new_figure(len(layers), num_experts)
+    small = max(table.shape) <= ANNOTATE_UP_TO
+    ax, bar = _heatmap(fig, table, 0.0, max(2 * uniform, float(table.max())), small)
+    ax.set_xticks(range(num_experts) if num_experts <= 32 else
+                  range(0, num_experts, max(1, num_experts // 16)))
+    ax.set_yticklabels([str(layer) for layer in layers])
+    ax.set_xlabel("expert")
+    ax.set_ylabel("MoE layer")
+    ax.set_title(f"Expert load at step {step}\n"
+                 f"fraction of the routed token slots each expert took since the last record",
+                 fontsize=10)
+    bar.set_label(f"fraction of slots (line: uniform 1/{num_experts})")
+    bar.ax.axhline(uniform, color="white", linewidth=2)
+    return fig
 
 
-def agreement_image(history: list[list[float]], width: int = 600, row_height: int = 24) -> torch.Tensor:
-    """Rows: MoE layers; columns: successive competition steps (oldest left); colour: the
-    fraction of tokens whose router top-K equals the competition's winners (0 dark .. 1 yellow)."""
-    table = torch.tensor(history, dtype=torch.float32).T  # [layers, time]
-    cell_w = max(1, width // table.shape[1])
-    return heatmap(table, row_height, cell_w, vmax=1.0)
+def agreement_figure(history: Sequence[Sequence[float]], steps: Sequence[int], step: int):
+    """history[i][k]: agreement of MoE layer k in the record at steps[i] -> Figure."""
+    if len(history) != len(steps):
+        raise ValueError(f"{len(history)} agreement rows but {len(steps)} steps")
+    table = np.asarray(history, dtype=np.float64).T  # [layers, records]
+    fig = _new_figure(table.shape[0], min(table.shape[1], 20))
+    small = max(table.shape) <= ANNOTATE_UP_TO
+    ax, bar = _heatmap(fig, table, 0.0, 1.0, small)
+    ticks = np.unique(np.linspace(0, len(steps) - 1, min(len(steps), MAX_X_TICKS)).round()
+                      ).astype(int)
+    ax.set_xticks(ticks)
+    ax.set_xticklabels([str(steps[i]) for i in ticks])
+    ax.set_yticklabels([str(k) for k in range(table.shape[0])])
+    ax.set_xlabel("step (records with a competition step)")
+    ax.set_ylabel("MoE layer")
+    unmeasured = "\n(grey: that layer had not competed yet)" if np.isnan(table).any() else ""
+    ax.set_title(f"Router-competition agreement up to step {step}\n"
+                 f"tokens whose router top-K equals the competition winners{unmeasured}",
+                 fontsize=10)
+    bar.set_label("fraction of tokens")
+    return fig
 
 
-def write_png(image_chw: torch.Tensor, path: Path) -> None:
-    """Write a [3, H, W] float image in [0, 1] as an 8-bit RGB PNG (atomically)."""
-    rgb = (image_chw.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).contiguous()
-    height, width = rgb.shape[:2]
-    raw = b"".join(b"\x00" + rgb[row].numpy().tobytes() for row in range(height))
+def render_rgb(fig) -> np.ndarray:
+    """The figure's pixels, [H, W, 3] uint8 (row 0 at the top)."""
+    fig.canvas.draw()
+    return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
 
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return (struct.pack(">I", len(data)) + kind + data
-                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
 
-    png = (b"\x89PNG\r\n\x1a\n"
-           + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
-           + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b""))
+def tensorboard_image(rgb: np.ndarray) -> torch.Tensor:
+    """[H, W, 3] uint8 -> [3, H, W] uint8, the layout SummaryWriter.add_image expects."""
+    return torch.from_numpy(rgb).permute(2, 0, 1).contiguous()
+
+
+def write_png(rgb: np.ndarray, path: Path) -> None:
+    """Write [H, W, 3] uint8 pixels as a PNG, atomically (a reader never sees half a file)."""
+    from matplotlib.image import imsave
+
     path = Path(path)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(png)
-    tmp.replace(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as handle:
+        imsave(handle, rgb, format="png")
+    os.replace(tmp, path)

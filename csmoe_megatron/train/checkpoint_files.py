@@ -49,13 +49,13 @@ def progress_bytes(scheduler_state: dict, progress: dict) -> bytes:
     (convert it with int()/float()/.tolist() where the loop builds the progress dict)."""
     for key, value in {"scheduler": scheduler_state, **progress}.items():
         try:
-            json.dumps(value)
+            json.dumps(value, allow_nan=False)
         except (TypeError, ValueError) as error:
             raise CheckpointError(f"checkpoint progress[{key!r}] is not JSON data "
                                   f"({type(value).__name__}: {error}); store plain numbers, "
                                   f"strings, lists or dicts") from None
     doc = {"format": PROGRESS_FORMAT, "scheduler": scheduler_state, "progress": progress}
-    return (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode()
+    return (json.dumps(doc, indent=1, sort_keys=True, allow_nan=False) + "\n").encode()
 
 
 def parse_progress(data: bytes, path: Path) -> tuple[dict, dict]:

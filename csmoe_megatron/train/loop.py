@@ -19,6 +19,7 @@ from megatron.core import parallel_state
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
 from .. import compat
+from ..analysis.loss_curve import write_loss_curve
 from ..config import save_config, total_steps, validate
 from ..config.megatron import transformer_config
 from ..config.schema import ExperimentConfig
@@ -194,6 +195,8 @@ def _train(cfg: ExperimentConfig, stop_signal: StopSignal) -> dict:
                      f"step {step}; rerun the same command to resume")
             break
     log.close()
+    if log.enabled:  # the logging rank, which wrote metrics.jsonl
+        write_loss_curve(run_dir)
     return metrics
 
 

@@ -20,6 +20,8 @@ parallelism are summed over the shards first, as megatron's tracker does).
 
 from __future__ import annotations
 
+import math
+
 from pathlib import Path
 
 import torch
@@ -67,20 +69,27 @@ class MoEMetricsLogger:
         self.steps = 0
         # Since the run began (saved with each checkpoint, see state_dict).
         self.agreement_history: list[list[float]] = []  # one row per logged interval
+        self.agreement_steps: list[int] = []  # the step of each row (the pictures' x axis)
         self.rate_sum, self.rate_steps = 0.0, 0
 
     def state_dict(self) -> dict:
         """The run-long counters, plain JSON values, for the checkpoint's progress record. The
         interval sums need no saving: every saved step is a logged one (loop.py)."""
+        # A layer that has not competed yet is NaN here; strict JSON has no NaN: null.
         return {"competition_rate_sum": self.rate_sum, "competition_rate_steps": self.rate_steps,
-                "agreement_history": [list(row) for row in self.agreement_history]}
+                "agreement_history": [[None if math.isnan(v) else v for v in row]
+                                      for row in self.agreement_history],
+                "agreement_steps": list(self.agreement_steps)}
 
     def load_state_dict(self, state: dict) -> None:
         """Restore state_dict's counters; {} (a fresh run, or an older checkpoint) keeps zeros."""
         self.rate_sum = float(state.get("competition_rate_sum", 0.0))
         self.rate_steps = int(state.get("competition_rate_steps", 0))
-        self.agreement_history = [[float(v) for v in row]
-                                  for row in state.get("agreement_history", [])]
+        history = [[float("nan") if v is None else float(v) for v in row]
+                   for row in state.get("agreement_history", [])]
+        steps = [int(v) for v in state.get("agreement_steps", [])]
+        if len(steps) == len(history):  # else a checkpoint from before the steps were kept
+            self.agreement_history, self.agreement_steps = history, steps
 
     def end_step(self, skipped: bool = False) -> None:
         """Every rank, every step (skipped ones too): no collective, no host sync."""
@@ -117,7 +126,7 @@ class MoEMetricsLogger:
             self.rate_sum += out["moe/competition_rate"] * steps
             self.rate_steps += steps
             out["moe/competition_rate_cumulative"] = self.rate_sum / self.rate_steps
-        self._remember_agreement(out)
+        self._remember_agreement(out, step)
         if self.images_due(step) and self.log.enabled:
             self._draw(loads, step)
         return out
@@ -140,23 +149,27 @@ class MoEMetricsLogger:
                 out[f"moe/{name}"] = sum(per_layer.values()) / len(per_layer)
         return out
 
-    def _remember_agreement(self, metrics: dict) -> None:
+    def _remember_agreement(self, metrics: dict, step: int) -> None:
         values = [metrics.get(f"moe/layer{k}/agreement") for k in range(len(self.moe_layers))]
         if all(v is None for v in values):
             return
-        last = self.agreement_history[-1] if self.agreement_history else [0.0] * len(values)
-        # A layer that did not compete in this interval keeps its last measured value.
+        last = self.agreement_history[-1] if self.agreement_history else [float("nan")] * len(values)
+        # A layer that did not compete in this interval keeps its last measured value (NaN,
+        # drawn as "not measured yet", until its first competition).
         self.agreement_history.append([last[i] if v is None else v for i, v in enumerate(values)])
+        self.agreement_steps.append(step)
 
     def _draw(self, loads: dict, step: int) -> None:
-        from ..analysis.routing_images import agreement_image, expert_load_image, write_png
+        from ..analysis import routing_images as pictures
 
         self.picture_dir.mkdir(parents=True, exist_ok=True)
         if loads:
-            image = expert_load_image(loads)
-            self.log.add_image("moe/expert_load", image, step)
-            write_png(image, self.picture_dir / f"expert_load_step{step:07d}.png")
+            rgb = pictures.render_rgb(pictures.expert_load_figure(loads, step))
+            self.log.add_image("moe/expert_load", pictures.tensorboard_image(rgb), step)
+            pictures.write_png(rgb, self.picture_dir / f"expert_load_step{step:07d}.png")
         if self.agreement_history:
-            image = agreement_image(self.agreement_history)
-            self.log.add_image("moe/router_competition_agreement", image, step)
-            write_png(image, self.picture_dir / "agreement.png")
+            rgb = pictures.render_rgb(pictures.agreement_figure(
+                self.agreement_history, self.agreement_steps, step))
+            self.log.add_image("moe/router_competition_agreement",
+                               pictures.tensorboard_image(rgb), step)
+            pictures.write_png(rgb, self.picture_dir / "agreement.png")

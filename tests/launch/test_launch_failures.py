@@ -60,38 +60,34 @@ def _running_job(tmp_path, timeout_s, **env):
 
 
 def test_killed_rank_ends_the_job(tmp_path):
-    job = _running_job(tmp_path, timeout_s=120)
+    # Liveness, not timing: with a 900 s collective timeout, a job that ends within 300 s was
+    # torn down by torchrun, not by the timeout (it takes seconds; the bound is far above noise).
+    job = _running_job(tmp_path, timeout_s=900)
     try:
-        killed_at = time.monotonic()
         workers(job)[1].send_signal(signal.SIGKILL)
-        rc = job.wait(timeout=40)
-        took = time.monotonic() - killed_at
+        rc = job.wait(timeout=300)
     finally:
         kill_tree(job)
     assert rc != 0, tail((tmp_path / "job.out").read_text())
-    assert took < 40  # torchrun tears the group down long before the 120 s collective timeout
 
 
 def test_hung_rank_ends_the_job_after_the_collective_timeout(tmp_path):
     # A stopped rank never answers: the other rank's collective times out after
     # parallel.collective_timeout_s and it exits non-zero; torchrun then stops the group and
     # kills the stopped rank after its grace period (30 s, fixed for a failed worker group).
-    timeout_s, torchrun_grace_s = 5, 30
+    # Liveness bounds only (the waits below, far above the seconds it takes): that the healthy
+    # rank ended by the collective timeout is what its error log says.
+    timeout_s = 5
     job = _running_job(tmp_path, timeout_s)
     try:
         ranks = workers(job)
-        stopped_at = time.monotonic()
         ranks[1].send_signal(signal.SIGSTOP)
-        ranks[0].wait(timeout=timeout_s + 20)
-        healthy_exit = time.monotonic() - stopped_at
-        rc = job.wait(timeout=torchrun_grace_s + 20)
-        job_end = time.monotonic() - stopped_at
+        ranks[0].wait(timeout=300)
+        rc = job.wait(timeout=300)
     finally:
         kill_tree(job)
     out = (tmp_path / "job.out").read_text()
     assert rc != 0, tail(out)
-    assert timeout_s * 0.8 <= healthy_exit <= timeout_s + 10, (healthy_exit, tail(out))
-    assert job_end <= timeout_s + torchrun_grace_s + 15, (job_end, tail(out))
     error = (tmp_path / "run" / "error_rank0.log").read_text()
     assert "timed out" in error.lower(), tail(error)
 

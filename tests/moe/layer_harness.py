@@ -1,5 +1,5 @@
 """Shared pieces of the CompeteSMoELayer tests: build a sharded layer, gather its weights
-into the dense reference (reference.py), and compare outputs, losses and gradients.
+into the dense test oracle (tests/moe/dense_oracle.py), and compare outputs, losses and gradients.
 
 Token layout: rank r holds its own tokens x_r [S, B, H] (its sequence-parallel shard or its
 data-parallel batch). Megatron's objective is (1/DP) * sum over DP shards d of
@@ -26,7 +26,7 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 from csmoe_megatron.config.schema import CompeteSMoEConfig
 from csmoe_megatron.moe import context
 from csmoe_megatron.moe.layer import CompeteSMoELayer
-from csmoe_megatron.moe.reference import MLPExpert, ReferenceConfig, reference_moe_forward
+from tests.moe.dense_oracle import MLPExpert, OracleConfig, oracle_moe_forward
 
 SEQ, BATCH, HIDDEN, FFN, EXPERTS, TOP_K = 4, 2, 8, 6, 4, 2
 ATOL, RTOL = 1e-5, 1e-5
@@ -59,6 +59,19 @@ def build_layer(config, cs: CompeteSMoEConfig | None = None, layer_number: int =
     layer = build_module(spec, config=config)
     layer.set_layer_number(layer_number)
     return layer
+
+
+@torch.no_grad()
+def make_experts_distinct(layer, scale=0.5):
+    """Give every expert its own weights. Each EP rank initialises its local experts from the
+    same CPU generator, so expert e and expert e + E/EP start identical: their affinities tie
+    and the test would depend on how top-K breaks ties. The offset is drawn from the expert's
+    global index and expert-TP rank, so expert-DP replicas of a shard stay equal."""
+    etp_rank = parallel_state.get_expert_tensor_parallel_rank()
+    for local, expert in enumerate(layer.experts.local_experts):
+        gen = torch.Generator().manual_seed(1000 + 10 * layer.local_expert_indices[local] + etp_rank)
+        for weight in (expert.linear_fc1.weight, expert.linear_fc2.weight):
+            weight.add_(scale * torch.randn(weight.shape, generator=gen).to(weight))
 
 
 def _expert_shards(layer, grads: bool):
@@ -125,8 +138,8 @@ def global_tensors(world_size, seed=7):
     return x, upstream
 
 
-def reference_config(config, cs: CompeteSMoEConfig) -> ReferenceConfig:
-    return ReferenceConfig(gate_norm=cs.gate_norm, router_theta=cs.router_theta,
+def reference_config(config, cs: CompeteSMoEConfig) -> OracleConfig:
+    return OracleConfig(gate_norm=cs.gate_norm, router_theta=cs.router_theta,
                            router_loss_coef=cs.router_loss_coef,
                            diversity_coef=cs.diversity_coef,
                            balance_coef=config.moe_aux_loss_coeff,
@@ -135,31 +148,37 @@ def reference_config(config, cs: CompeteSMoEConfig) -> ReferenceConfig:
 
 
 def run_reference(layer, config, cs, compete, x, upstream, dp_size, shard_of):
-    """Reference objective (see module doc); returns per-rank outputs, grads and mean losses."""
+    """Reference objective (see module doc); returns per-rank outputs, grads and mean losses.
+
+    Computed in float64 and returned in float32: the oracle's own rounding (its sums run in
+    another order than the layer's) stays out of the comparison, which then measures the
+    layer's float32 error alone."""
     glu = config.gated_linear_unit
-    router_w = layer.router.weight.detach().clone().requires_grad_(True)
+    router_w = layer.router.weight.detach().double().requires_grad_(True)
     full = _assemble(_all_shards(layer, grads=False), config.num_moe_experts, glu)
-    weights = [(w1.clone().requires_grad_(True), w2.clone().requires_grad_(True))
+    weights = [(w1.double().requires_grad_(True), w2.double().requires_grad_(True))
                for w1, w2 in full]
     experts = [MLPExpert(w1, w2, config.activation_func, glu) for w1, w2 in weights]
-    x = x.clone().requires_grad_(True)
+    x = x.double().requires_grad_(True)
+    upstream = upstream.double()
     outputs, losses, objective = {}, {}, 0.0
     for shard in range(dp_size):
         ranks = [r for r, s in shard_of.items() if s == shard]
         tokens = torch.cat([x[r].reshape(-1, HIDDEN) for r in ranks])
-        result = reference_moe_forward(tokens, router_w, experts, config.moe_router_topk,
-                                       compete, reference_config(config, cs))
+        result = oracle_moe_forward(tokens, router_w, experts, config.moe_router_topk,
+                                    compete, reference_config(config, cs))
         out = result["output"]
         grads_out = torch.cat([upstream[r].reshape(-1, HIDDEN) for r in ranks])
         objective = objective + ((out * grads_out).sum() + result["aux_loss"]) / dp_size
         for i, r in enumerate(ranks):
             n = SEQ * BATCH
-            outputs[r] = out[i * n:(i + 1) * n].detach().view(SEQ, BATCH, HIDDEN)
+            outputs[r] = out[i * n:(i + 1) * n].detach().float().view(SEQ, BATCH, HIDDEN)
         for name, value in result["losses"].items():
             losses[name] = losses.get(name, 0.0) + float(value) / dp_size
     objective.backward()
-    return dict(outputs=outputs, losses=losses, router_grad=router_w.grad, input_grad=x.grad,
-                expert_grads=[(w1.grad, w2.grad) for w1, w2 in weights])
+    return dict(outputs=outputs, losses=losses, router_grad=router_w.grad.float(),
+                input_grad=x.grad.float(),
+                expert_grads=[(w1.grad.float(), w2.grad.float()) for w1, w2 in weights])
 
 
 def step(layer, x_local, upstream_local):
@@ -184,6 +203,7 @@ def check_parity(config, cs: CompeteSMoEConfig, compete: bool, atol=ATOL, rtol=R
     """Build a layer, run one step (router or competition) and compare with the reference."""
     rank, world = dist.get_rank(), dist.get_world_size()
     layer = build_layer(config, cs)
+    make_experts_distinct(layer)
     layer.train()
     dp_size, shard_of = dp_layout()
     x, upstream = global_tensors(world)

@@ -1,6 +1,6 @@
-"""CompeteSMoELayer on megatron-core vs the dense reference: outputs, logged losses and
-gradients (router, experts, input) agree to 1e-5 (fp32) on router and competition steps,
-under each parallel layout (gloo, CPU)."""
+"""CompeteSMoELayer on megatron-core vs the dense test oracle (tests/moe/dense_oracle.py):
+outputs, logged losses and gradients (router, experts, input) agree to 1e-5 (fp32) on router
+and competition steps, under each parallel layout (gloo, CPU)."""
 import os
 import sys
 
