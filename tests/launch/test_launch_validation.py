@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.launch.harness import CONFIG, REPO, losses, run, run_info, tail
+from tests.launch.harness import (CONFIG, REPO, kill_tree, latest, losses, run, run_info, start,
+                                  tail, tiny, wait_until)
 
 TORCHRUN_SH = REPO / "launch" / "torchrun.sh"
 SUBMIT = REPO / "launch" / "slurm" / "submit.sh"
@@ -92,16 +94,23 @@ def test_under_plain_torchrun_only_rank_0_prints(existing_run):
     assert _snapshot(existing_run) == before
 
 
-def test_csmoe_train_nproc_runs_a_short_run_with_its_own_workers(tmp_path):
-    # cpu_tiny's 30 warm-up steps do not fit a 2-step run: shortened, with one note.
+def test_csmoe_train_nproc_runs_its_own_workers_and_sigterm_saves(tmp_path):
+    # SIGTERM to the command (a cluster's cancel, docker stop): the workers finish their step,
+    # save a complete checkpoint and exit 0, as with launch/torchrun.sh.
     run_dir = tmp_path / "run"
-    result = run([CSMOE_TRAIN, "--nproc", 2, "--config", CONFIG, "train.steps=2",
-                  "data.source=mock", "model.vocab_size=128", "model.moe.router=topk",
-                  "train.eval_interval=0", "logging.tensorboard=false", "logging.interval=1",
-                  "logging.routing_images_interval=0", f"run.dir={run_dir}"], timeout=180)
-    assert result.returncode == 0, tail(result.stdout + result.stderr)
-    assert result.stderr.count("warm-up shortened to 0 step(s)") == 1
-    assert sorted(losses(run_dir)) == [1, 2]
+    proc = start([CSMOE_TRAIN, "--nproc", 2, "--config", CONFIG, *tiny(500),
+                  f"run.dir={run_dir}"], tmp_path / "log")
+    try:
+        wait_until(lambda: len(losses(run_dir)) >= 1, 240, "the first logged step")
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(timeout=240)
+    finally:
+        kill_tree(proc)
+    log = (tmp_path / "log").read_text()
+    assert rc == 0, tail(log)
+    saved = latest(run_dir)
+    assert saved is not None and int(saved.split("_")[1]) < 500, tail(log)
+    assert not list((run_dir / "checkpoints").glob("*.partial")), tail(log)
     assert run_info(run_dir)[0]["env"]["WORLD_SIZE"] == "2"
 
 
