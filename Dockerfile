@@ -7,7 +7,8 @@ ARG BASE_IMAGE=nvcr.io/nvidia/pytorch:25.11-py3
 FROM ${BASE_IMAGE}
 
 ARG CSMOE_VERSION=0.1.0
-ARG GIT_COMMIT=unknown
+# The image has no .git: the commit comes only from this argument (empty: run_info.json says null).
+ARG GIT_COMMIT=
 LABEL org.opencontainers.image.title="csmoe-megatron" \
       org.opencontainers.image.description="Expert-parallel MoE pretraining on megatron-core with CompeteSMoE routing" \
       org.opencontainers.image.version="${CSMOE_VERSION}" \
