@@ -129,7 +129,7 @@ def test_latest_naming_an_incomplete_checkpoint_falls_back(stopped_at_step_2, tm
     again = _single(tmp_path, 4)
     out = again.stdout + again.stderr
     assert again.returncode == 0, tail(out)
-    assert "newest complete one, iter_0000002" in out, tail(out)
+    assert "resuming from iter_0000002, the newest checkpoint that verifies" in out, tail(out)
     assert f"resumed from {ckpts}/iter_0000002 at step 2" in out
     assert sorted(losses(tmp_path)) == [1, 2, 3, 4] and latest(tmp_path) == "iter_0000004"
 
