@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 import traceback
 from pathlib import Path
 
@@ -117,6 +118,11 @@ def _validated(args, worker: bool, rank: str):
             if "world size" in str(e) and not worker and not args.nproc:
                 hint = " (csmoe-train --nproc N starts N processes on this machine)"
             print(f"csmoe-train: configuration error: {e}{hint}", file=sys.stderr)
+        elif worker:
+            # The other ranks of a refused launch let rank 0 exit first: torchrun ends the
+            # job at the first failure, and an early exit here could end rank 0 before its
+            # message is out. torchrun's teardown ends this wait; the bound is for safety.
+            time.sleep(60)
         return None
     if note and speak and os.environ.get(VALIDATED_ENV) != "1":
         print(f"csmoe-train: {note}", file=sys.stderr)

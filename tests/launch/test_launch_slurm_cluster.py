@@ -90,8 +90,11 @@ def test_scontrol_requeue_resumes_from_the_last_checkpoint(slurm_cluster, comple
     info = slurm_cluster.wait_state(job_id, ENDED, timeout=240)
     log = log_of(info)
     assert info["JobState"] == "COMPLETED" and int(info["Restarts"]) >= 1, tail(log)
-    step = int(last.split("_")[1])
-    assert f"resumed from {run_dir}/checkpoints/{last} at step {step}" in log
+    # SLURM's SIGTERM at the requeue makes the ranks save too (after the step they were on),
+    # so the resume is from that checkpoint or, had it been cut short, the periodic one.
+    resumed = re.search(rf"resumed from {re.escape(str(run_dir))}/checkpoints/iter_\d+ "
+                        rf"at step (\d+)", log)
+    assert resumed and int(resumed.group(1)) >= int(last.split("_")[1]), tail(log)
     assert losses(run_dir) == reference  # the steps after the checkpoint, run again, match
     _no_stack_dumps(log)
     assert _logged_steps(run_dir) == list(range(1, STEPS + 1))  # each step once

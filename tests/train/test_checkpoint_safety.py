@@ -152,7 +152,7 @@ def test_an_old_format_checkpoint_loads_as_data_and_a_payload_in_it_does_not(run
     chosen, said = _resume_choice(root)
     assert chosen == root / NEWEST and "before checkpoints carried a manifest" in said[0]
     _, progress = parse_legacy_progress((chosen / "progress.pt").read_bytes(), chosen)
-    assert progress == {"step": 4, "consumed_samples": 32}
+    assert (progress["step"], progress["consumed_samples"]) == (4, 32)
     torch.save({"scheduler": _CreatesFile(created), "step": 4}, root / NEWEST / "progress.pt")
     chosen, said = _resume_choice(root)
     assert chosen == root / OLDER and "progress.pt was refused" in said[0]
