@@ -82,12 +82,12 @@ def test_relocation_skips_a_full_earlier_step():
 
 
 @pytest.mark.parametrize("kwargs,message", [
-    (dict(num_layers=-1, total_steps=1, rate=0.5), r"num_layers and total_steps must be >= 0"),
-    (dict(num_layers=1, total_steps=-1, rate=0.5), r"num_layers and total_steps must be >= 0"),
-    (dict(num_layers=1, total_steps=1, rate=1.5), r"rate must be in \[0, 1\], got 1.5"),
-    (dict(num_layers=1, total_steps=1, rate=-0.1), r"rate must be in \[0, 1\], got -0.1"),
+    (dict(num_layers=-1, total_steps=1, rate=0.5), r"^num_layers and total_steps must be >= 0$"),
+    (dict(num_layers=1, total_steps=-1, rate=0.5), r"^num_layers and total_steps must be >= 0$"),
+    (dict(num_layers=1, total_steps=1, rate=1.5), r"^rate must be in \[0, 1\], got 1.5$"),
+    (dict(num_layers=1, total_steps=1, rate=-0.1), r"^rate must be in \[0, 1\], got -0.1$"),
     (dict(num_layers=1, total_steps=1, rate=0.5, warmup_fraction=1.5),
-     r"warmup_fraction must be in \[0, 1\], got 1.5"),
+     r"^warmup_fraction must be in \[0, 1\], got 1.5$"),
 ])
 def test_schedule_refusals(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -96,9 +96,9 @@ def test_schedule_refusals(kwargs, message):
 
 def test_schedule_query_refusals():
     schedule = CompetitionSchedule(seed=0, num_layers=2, total_steps=4, rate=0.5)
-    with pytest.raises(ValueError, match="step must be >= 0, got -1"):
+    with pytest.raises(ValueError, match="^step must be >= 0, got -1$"):
         schedule.layers_at(-1)
-    with pytest.raises(IndexError, match=r"layer 2 out of range \[0, 2\)"):
+    with pytest.raises(IndexError, match=r"^layer 2 out of range \[0, 2\)$"):
         schedule.competes(0, 2)
 
 
@@ -110,9 +110,9 @@ def test_top_1_gate_is_one():
 
 
 @pytest.mark.parametrize("top_k,norm,message", [
-    (0, "sum", r"top_k must be in \[1, 3\], got 0"),
-    (4, "sum", r"top_k must be in \[1, 3\], got 4"),
-    (2, "max", r"norm must be 'sum' or 'sigmoid', got 'max'"),
+    (0, "sum", r"^top_k must be in \[1, 3\], got 0$"),
+    (4, "sum", r"^top_k must be in \[1, 3\], got 4$"),
+    (2, "max", r"^norm must be 'sum' or 'sigmoid', got 'max'$"),
 ])
 def test_gate_refusals(top_k, norm, message):
     with pytest.raises(ValueError, match=message):

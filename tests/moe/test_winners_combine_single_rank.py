@@ -1,7 +1,7 @@
 """winners_combine on one rank, fast (no spawned processes): the winners-only competition equals
 the full combine's (every expert output brought back, scored where the token lives) in
 affinities, winners, gates, winner outputs and gradients; its split-size helpers by hand.
-The multi-rank exchange itself is covered by test_layer_parity.py."""
+The exchange between ranks: test_winners_combine_uneven.py and test_layer_parity.py."""
 
 import pytest
 import torch
@@ -12,20 +12,13 @@ from csmoe_megatron.moe.affinity import neural_response
 
 from tests.moe.layer_harness import BATCH, HIDDEN, SEQ, build_layer, make_config
 from tests.moe.single_rank import single_rank
+from tests.moe.winners_check import assert_winners_equal_full
 
 
 @pytest.fixture(scope="module", autouse=True)
 def _one_rank():
     with single_rank():
         yield
-
-
-def _competition(layer, x, winners: bool, gate_norm: str, token_chunk: int):
-    if winners:
-        return winners_combine.compete(layer.token_dispatcher, layer.routed_experts_compute, x,
-                                       layer.router.weight, layer.config.moe_router_topk,
-                                       gate_norm, token_chunk)
-    return layer._full_combine(x)
 
 
 @pytest.mark.parametrize("gate_norm,token_chunk,top_k", [("sum", 0, 2), ("sigmoid", 3, 3),
@@ -36,35 +29,7 @@ def test_winners_equal_the_full_combine(gate_norm, token_chunk, top_k):
     layer.train()
     x = torch.randn(SEQ, BATCH, HIDDEN, generator=torch.Generator().manual_seed(11))
     upstream = torch.randn(SEQ * BATCH, HIDDEN, generator=torch.Generator().manual_seed(12))
-    results = []
-    for winners in (True, False):
-        layer.zero_grad(set_to_none=True)
-        got = _competition(layer, x, winners, gate_norm, token_chunk)
-        output = (got[3].unsqueeze(-1) * got[2]).sum(dim=1)
-        # Gradients through the gates (affinities) and through the winners' outputs.
-        ((output * upstream).sum() + got[0].square().sum()).backward()
-        grads = {n: p.grad.clone() for n, p in layer.named_parameters() if p.grad is not None}
-        results.append((got, grads))
-    (win, win_grads), (full, full_grads) = results
-    torch.testing.assert_close(win.affinity, full[0])
-    assert torch.equal(win.winners_mask, full[1])
-    assert win.winners_mask.sum(dim=1).eq(top_k).all()
-    # The full combine keeps its K winners in top-K (affinity) order, winners in ascending
-    # expert order: put the full one's in expert order too.
-    order = torch.topk(full[0], top_k, dim=-1).indices.argsort(dim=-1)
-    torch.testing.assert_close(win.winner_outs, full[2].gather(
-        1, order.unsqueeze(-1).expand(-1, -1, HIDDEN)))
-    torch.testing.assert_close(win.top_gates, full[3].gather(1, order))
-    assert win.winner_outs.shape == (SEQ * BATCH, top_k, HIDDEN)
-    # Winners in ascending expert order, each the output of that expert.
-    experts = torch.nonzero(win.winners_mask)[:, 1].view(SEQ * BATCH, top_k)
-    assert torch.equal(experts, experts.sort(dim=1).values)
-    dense = layer.dense_expert_outputs(x).detach()
-    torch.testing.assert_close(win.winner_outs.detach(),
-                               dense.gather(1, experts.unsqueeze(-1).expand(-1, -1, HIDDEN)))
-    assert win_grads.keys() == full_grads.keys() and len(win_grads) > 0
-    for name, grad in win_grads.items():
-        torch.testing.assert_close(grad, full_grads[name], msg=name)
+    assert_winners_equal_full(layer, x, upstream)
 
 
 def test_row_affinities_chunked_equal_unchunked():

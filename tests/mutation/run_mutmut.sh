@@ -19,9 +19,12 @@ cp -r "$repo/csmoe_megatron" "$repo/tests" "$repo/pyproject.toml" "$work/"
 find "$work" -name __pycache__ -prune -exec rm -rf {} +
 # test_subprocess_agrees imports the unmutated package in a child process: it would "kill"
 # every schedule mutant by disagreement alone, so it is left out.
+# forkserver: workers are forked from a process that has not run the tests (plain fork would
+# inherit torch's threads and the gloo group of the single-rank layer tests, and hang).
 cat > "$work/setup.cfg" <<'CFG'
 [mutmut]
 source_paths = csmoe_megatron
+process_isolation = forkserver
 only_mutate =
     csmoe_megatron/moe/affinity.py
     csmoe_megatron/moe/losses.py
