@@ -34,7 +34,8 @@ def _with(config, **fields):
 LAYER_CONFIG_REFUSALS = [
     (dict(moe_shared_expert_intermediate_size=16), {}, "shared experts are not supported"),
     (dict(moe_latent_size=4), {}, "latent projections are not supported"),
-    (dict(moe_token_dispatcher_type="flex"), {}, r"dispatcher 'flex' \(use alltoall or allgather\)"),
+    (dict(moe_token_dispatcher_type="flex"), {},
+     r"dispatcher 'flex' \(use alltoall or allgather\)"),
     ({}, dict(gate_norm="softmax"), "gate_norm must be 'sum' or 'sigmoid', got 'softmax'"),
     ({}, dict(token_chunk=-1), "token_chunk must be >= 0"),
     ({}, dict(combine="some"), "combine must be 'winners' or 'full', got 'some'"),
