@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Mutation testing of the CompeteSMoE maths (not part of CI; see docs/testing.md).
 #
-#   bash tests/mutation/run_mutmut.sh                       # all four files
+#   bash tests/mutation/run_mutmut.sh                                # all four files
 #   bash tests/mutation/run_mutmut.sh 'csmoe_megatron.moe.losses*'   # one file's mutants
 #
-# mutmut (pip install mutmut, or the dev extra) mutates moe/affinity.py, moe/losses.py,
+# mutmut (pip install -e ".[mutation]") mutates moe/affinity.py, moe/losses.py,
 # moe/schedule.py and moe/winners_combine.py and runs only the fast single-process unit tests
 # against each mutant. It works in a scratch copy ($MUTMUT_WORKDIR, default
 # ${TMPDIR:-/tmp}/csmoe-mutmut) so that its config and its mutants/ folder never touch the
