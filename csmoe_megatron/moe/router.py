@@ -50,7 +50,10 @@ class CompeteSMoERouter(TopKRouter):
     def routing(self, logits: torch.Tensor, padding_mask: Optional[torch.Tensor] = None):
         probs, routing_map = super().routing(logits, padding_mask=padding_mask)
         if self.routing_map_observer is not None and self.training:
-            self.routing_map_observer(routing_map)
+            counted = routing_map
+            if padding_mask is not None:  # [S, B], True = padding: routed, but not counted
+                counted = routing_map & ~padding_mask.reshape(-1, 1)
+            self.routing_map_observer(counted)
         return probs, routing_map
 
     def competition_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
