@@ -36,40 +36,40 @@ class CompeteSMoEConfig:
 
 @dataclass
 class MoEConfig:
-    num_experts: int = 4
-    top_k: int = 2
+    num_experts: int = 4  # E: experts in each MoE layer
+    top_k: int = 2  # K: experts a token is routed to
     ffn_hidden_size: int = 128  # per-expert hidden size (moe_ffn_hidden_size)
     layer_freq: int = 1  # every n-th layer is MoE (1: all layers)
     router: str = "competesmoe"  # "competesmoe" or "topk" (megatron-core's native router)
     token_dispatcher: str = "alltoall"  # "alltoall" or "allgather"
     aux_loss_coeff: float = 0.01  # switch-style load balancing on router steps
-    z_loss_coeff: Optional[float] = None
-    capacity_factor: Optional[float] = None  # None: dropless
-    pad_to_capacity: bool = False
+    z_loss_coeff: Optional[float] = None  # router z-loss weight (None: off)
+    capacity_factor: Optional[float] = None  # expert capacity x fair share; None: dropless
+    pad_to_capacity: bool = False  # with a capacity factor: pad every expert to capacity
     grouped_gemm: Switch = "auto"  # grouped-GEMM experts (TE's); SequentialMLP otherwise
-    competesmoe: CompeteSMoEConfig = field(default_factory=CompeteSMoEConfig)
+    competesmoe: CompeteSMoEConfig = field(default_factory=CompeteSMoEConfig)  # section
 
 
 @dataclass
 class ModelConfig:
-    num_layers: int = 2
-    hidden_size: int = 64
-    num_attention_heads: int = 4
-    num_query_groups: Optional[int] = None  # GQA groups; None: = num_attention_heads
-    ffn_hidden_size: int = 256  # dense (non-MoE) layers
-    seq_length: int = 128
-    vocab_size: Optional[int] = None  # None: taken from the tokenizer (padded for TP)
-    make_vocab_size_divisible_by: int = 128
+    num_layers: int = 2  # transformer layers
+    hidden_size: int = 64  # model width H
+    num_attention_heads: int = 4  # attention heads
+    num_query_groups: Optional[int] = None  # GQA key/value groups; None: = num_attention_heads
+    ffn_hidden_size: int = 256  # MLP hidden size of the dense (non-MoE) layers
+    seq_length: int = 128  # tokens a sample
+    vocab_size: Optional[int] = None  # model vocabulary; None: the tokenizer's, padded
+    make_vocab_size_divisible_by: int = 128  # vocabulary padding multiple (x TP)
     position_embedding_type: str = "rope"  # "rope" or "learned_absolute"
-    rotary_base: int = 10000
-    untie_embeddings: bool = False
+    rotary_base: int = 10000  # RoPE base
+    untie_embeddings: bool = False  # separate output layer instead of the input embedding
     normalization: str = "RMSNorm"  # "RMSNorm" or "LayerNorm"
     activation: str = "swiglu"  # "swiglu" or "gelu"
-    init_method_std: float = 0.02
+    init_method_std: float = 0.02  # std of the normal initialisation
     layout_invariant_init: bool = True  # same weights for a seed whatever the parallel layout
-    hidden_dropout: float = 0.0
-    attention_dropout: float = 0.0
-    moe: MoEConfig = field(default_factory=MoEConfig)
+    hidden_dropout: float = 0.0  # dropout after attention and MLP
+    attention_dropout: float = 0.0  # dropout of the attention probabilities
+    moe: MoEConfig = field(default_factory=MoEConfig)  # section
 
     @property
     def moe_layers(self) -> list[int]:
@@ -98,14 +98,14 @@ class KernelsConfig:
 
 @dataclass
 class ParallelConfig:
-    tensor: int = 1
-    pipeline: int = 1
+    tensor: int = 1  # TP: tensor-parallel size
+    pipeline: int = 1  # PP: pipeline stages
     virtual_pipeline: Optional[int] = None  # model chunks per pipeline rank (interleaved 1F1B)
-    expert: int = 1
-    expert_tensor: Optional[int] = None  # None: = tensor
-    context: int = 1
-    sequence_parallel: bool = False
-    distributed_optimizer: bool = False
+    expert: int = 1  # EP: expert-parallel size
+    expert_tensor: Optional[int] = None  # ETP: tensor-parallel size of experts; None: = tensor
+    context: int = 1  # CP: context-parallel size
+    sequence_parallel: bool = False  # SP: shard norms/dropout activations over TP
+    distributed_optimizer: bool = False  # shard optimizer state over DP (ZeRO-1)
     # Overlap DP gradient reduce-scatter/all-reduce with the backward pass, and (distributed
     # optimizer) the parameter all-gather with the next forward pass (megatron's DDP options).
     overlap_grad_reduce: bool = False
@@ -122,23 +122,23 @@ class ParallelConfig:
 
 @dataclass
 class TrainConfig:
-    global_batch_size: int = 8
-    micro_batch_size: int = 2
+    global_batch_size: int = 8  # samples an optimizer step, over all DP ranks
+    micro_batch_size: int = 2  # samples a forward/backward on one rank
     steps: Optional[int] = 100  # optimizer steps; or set `tokens`
     tokens: Optional[int] = None  # total training tokens (steps = tokens / (gbs * seq_length))
-    lr: float = 3e-3
-    min_lr: float = 3e-4
-    lr_warmup_steps: int = 10
+    lr: float = 3e-3  # peak learning rate
+    min_lr: float = 3e-4  # learning rate at the end of the decay
+    lr_warmup_steps: int = 10  # linear warm-up (shortened for runs shorter than it)
     lr_decay: str = "cosine"  # "cosine", "linear" or "constant"
-    weight_decay: float = 0.1
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.95
-    adam_eps: float = 1e-8
-    clip_grad: float = 1.0
+    weight_decay: float = 0.1  # AdamW decoupled weight decay
+    adam_beta1: float = 0.9  # Adam first-moment decay
+    adam_beta2: float = 0.95  # Adam second-moment decay
+    adam_eps: float = 1e-8  # Adam epsilon
+    clip_grad: float = 1.0  # global gradient-norm clipping (0: off)
     precision: str = "fp32"  # "fp32", "bf16" or "fp16"
-    seed: int = 1234
-    eval_interval: int = 50  # 0: no periodic evaluation
-    eval_iters: int = 4
+    seed: int = 1234  # weights, data order, dropout and competition schedule
+    eval_interval: int = 50  # evaluate every n steps (0: no periodic evaluation)
+    eval_iters: int = 4  # validation batches an evaluation
     on_nan: str = "stop"  # "stop" or "skip" when the loss or gradient is not finite
     exit_after_steps: Optional[int] = None  # save and exit after this many steps of this launch
     # Fault injection for tests: rank 0 writes NaN into a gradient at this step (1-based),
@@ -158,16 +158,16 @@ class DataConfig:
 @dataclass
 class LoggingConfig:
     interval: int = 1  # console / metrics.jsonl / TensorBoard every n steps
-    tensorboard: bool = True
+    tensorboard: bool = True  # TensorBoard events under <run.dir>/tb
     routing_images_interval: int = 0  # >0: expert-load / agreement heatmaps every n steps
 
 
 @dataclass
 class CheckpointConfig:
-    save_interval: int = 0  # 0: only at the end
+    save_interval: int = 0  # checkpoint every n steps (0: only at the end)
     resume: bool = True  # resume from <run.dir>/checkpoints/latest when present
     keep_last: int = 2  # older checkpoints are removed (only ones this run family wrote)
-    save_at_end: bool = True
+    save_at_end: bool = True  # a checkpoint after the last step
 
 
 @dataclass

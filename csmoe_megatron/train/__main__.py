@@ -32,6 +32,8 @@ def _parser() -> argparse.ArgumentParser:
                                     "name of a packaged config, e.g. cpu_tiny")
     p.add_argument("--list-configs", action="store_true",
                    help="list the configs shipped with the package and exit")
+    p.add_argument("--list-keys", action="store_true",
+                   help="list every config key with its default and meaning, and exit")
     p.add_argument("--nproc", type=_positive, metavar="N",
                    help="start N worker processes on this machine (torchrun --standalone); "
                         "with --check: the number of ranks to check for")
@@ -60,6 +62,11 @@ def main(argv=None) -> int:
         from ..config.packaged import listing
 
         print(listing())
+        return 0
+    if args.list_keys:
+        from ..config.reference import as_text
+
+        print(as_text(), end="")
         return 0
     if args.config is None:
         parser.error("--config is required (a YAML file or a packaged config: see --list-configs)")
