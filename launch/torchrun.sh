@@ -48,18 +48,7 @@ if ! [[ "$procs" =~ ^[1-9][0-9]*$ ]]; then
 fi
 
 root=$(dirname "$here")
-# torchrun: the user's choice, else the one on PATH, else the checkout's venv (a fresh clone
-# after launch/setup_cpu.sh works without activating it).
-if [ -z "${CSMOE_TORCHRUN:-}" ]; then
-    if command -v torchrun >/dev/null 2>&1; then CSMOE_TORCHRUN=torchrun
-    elif [ -x "$root/.venv/bin/torchrun" ]; then CSMOE_TORCHRUN=$root/.venv/bin/torchrun
-    else
-        echo "torchrun.sh: torchrun not found: run launch/setup_cpu.sh (it makes .venv here)," \
-             "activate your environment, or set CSMOE_TORCHRUN" >&2
-        exit 127
-    fi
-fi
-export CSMOE_TORCHRUN
+csmoe_find_torchrun "$root" || exit 127
 csmoe_thread_env "$procs"
 csmoe_python_path "$root"
 overrides=("$@")

@@ -14,6 +14,21 @@
 # SIGTERM sent to the torchrun process alone is therefore ignored: signal the launcher, the
 # workers, or all of them.
 
+# csmoe_find_torchrun ROOT: set CSMOE_TORCHRUN to the user's choice, else torchrun on PATH,
+# else the checkout's venv (a fresh clone after launch/setup_cpu.sh works without activating
+# it); 1 with a message naming the fix when there is none.
+csmoe_find_torchrun() {
+    if [ -n "${CSMOE_TORCHRUN:-}" ]; then return 0; fi
+    if command -v torchrun >/dev/null 2>&1; then CSMOE_TORCHRUN=torchrun
+    elif [ -x "$1/.venv/bin/torchrun" ]; then CSMOE_TORCHRUN=$1/.venv/bin/torchrun
+    else
+        echo "torchrun not found: run launch/setup_cpu.sh (it makes .venv in $1)," \
+             "activate your environment, or set CSMOE_TORCHRUN" >&2
+        return 1
+    fi
+    export CSMOE_TORCHRUN
+}
+
 # csmoe_wait PID: the exit status of background PID, riding out trapped signals (a trapped
 # signal makes `wait` return early with a status above 128 while PID still runs).
 csmoe_wait() {

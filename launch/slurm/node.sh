@@ -18,7 +18,9 @@ shift
 node=${SLURM_NODEID:-${SLURM_PROCID:?not started by srun}}
 procs=${CSMOE_NPROC_PER_NODE:-$(csmoe_default_nproc)}
 csmoe_thread_env "$procs"
-csmoe_python_path "$(dirname "$(dirname "$here")")"
+root=$(dirname "$(dirname "$here")")
+csmoe_python_path "$root"
+csmoe_find_torchrun "$root" || exit 127
 # Static rendezvous: node 0's torchrun hosts the store and the others connect to it. Not c10d:
 # its agents close the rendezvous in that store after the exit barrier, racing node 0's exit,
 # and the loser's TCPStore client dumps a C++ stack ("recvVector failed", frame #...) into the
