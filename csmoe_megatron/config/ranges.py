@@ -29,6 +29,7 @@ _RANGES = {
     "model.moe.competesmoe.diversity_coef": (0.0, None, True, True, "a loss weight (gamma)"),
     "model.moe.competesmoe.balance_coef": (0.0, None, True, True, "a loss weight"),
     "model.moe.competesmoe.token_chunk": (0, None, True, True, "a chunk size (0: no chunking)"),
+    "model.moe.competesmoe.candidates": (0, None, True, True, "a count of experts (0: all E)"),
     "parallel.virtual_pipeline": (1, None, True, True, "model chunks per pipeline rank"),
     "parallel.expert_tensor": (1, None, True, True, "a parallel size"),
     "parallel.collective_timeout_s": (0.0, None, False, True, "seconds"),

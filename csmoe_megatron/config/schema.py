@@ -28,10 +28,21 @@ class CompeteSMoEConfig:
     balance_coef: float = 0.01  # balance loss on the competition assignment
     gate_norm: str = "sum"  # "sum": s_i / sum s_j over winners; "sigmoid": sigmoid-normalised
     token_chunk: int = 0  # >0: compute competition affinities in chunks of this many tokens
-    #                       (combine "winners": chunks of token_chunk x E expert-side rows)
+    #                       (gradient "winners": token_chunk rows of one expert at a time, which
+    #                       bounds the scoring pass's memory; combine "winners" with gradient
+    #                       "dense": chunks of token_chunk x E expert-side rows)
     # Competition combine (alltoall dispatcher): "winners" brings back the E affinities, then
     # only the K winners' outputs a token; "full" brings back all E outputs (allgather: always).
     combine: str = "winners"
+    # Competition gradient: "winners" scores every candidate expert without a graph, then runs
+    # the K winners again with gradient (the balance loss sees the losers' affinities as
+    # constants); "dense" keeps every expert's graph (balance-loss gradient reaches the losers
+    # too; costs E/K of a router step and holds [T, E, H]): for checking.
+    gradient: str = "winners"
+    # Top-M candidate competition (our extension): only the router's top-M experts of a token
+    # compete (the others get affinity -inf: never win, weight 0 in the distillation target and
+    # the balance loss). 0: all E experts compete (the paper). Needs gradient "winners".
+    candidates: int = 0
 
 
 @dataclass

@@ -19,6 +19,7 @@ _CHOICES = {
     "model.moe.token_dispatcher": ("alltoall", "allgather"),
     "model.moe.competesmoe.gate_norm": ("sum", "sigmoid"),
     "model.moe.competesmoe.combine": ("winners", "full"),
+    "model.moe.competesmoe.gradient": ("winners", "dense"),
     "parallel.backend": ("auto", "nccl", "gloo"),
     "train.lr_decay": ("cosine", "linear", "constant"),
     "train.precision": ("fp32", "bf16", "fp16"),
@@ -61,6 +62,15 @@ def validate(cfg: ExperimentConfig, world_size: int = 1) -> None:
 
     _require(moe.top_k <= moe.num_experts,
              f"model.moe.top_k ({moe.top_k}) exceeds model.moe.num_experts ({moe.num_experts})")
+    cs = moe.competesmoe
+    _require(cs.candidates == 0 or moe.top_k <= cs.candidates <= moe.num_experts,
+             f"model.moe.competesmoe.candidates ({cs.candidates}) must be 0 (all experts) or "
+             f"between model.moe.top_k ({moe.top_k}) and model.moe.num_experts "
+             f"({moe.num_experts})")
+    _require(cs.candidates in (0, moe.num_experts)
+             or (cs.gradient == "winners" and cs.combine == "winners"),
+             "model.moe.competesmoe.candidates < num_experts needs "
+             "model.moe.competesmoe.gradient=winners and combine=winners")
     _require(m.hidden_size % m.num_attention_heads == 0,
              f"model.hidden_size ({m.hidden_size}) must be divisible by model.num_attention_heads "
              f"({m.num_attention_heads})")

@@ -35,11 +35,16 @@ def gates_from_affinity(
     if not 1 <= top_k <= num_experts:
         raise ValueError(f"top_k must be in [1, {num_experts}], got {top_k}")
     top_scores, topk_idx = torch.topk(affinity, top_k, dim=-1)
+    top_gates = winner_gates(top_scores, norm)
+    gates = torch.zeros_like(affinity).scatter(-1, topk_idx, top_gates)
+    winners_mask = torch.zeros_like(affinity, dtype=torch.bool).scatter(-1, topk_idx, True)
+    return gates, winners_mask, topk_idx
+
+
+def winner_gates(top_scores: torch.Tensor, norm: GateNorm = "sum") -> torch.Tensor:
+    """Gates of the winners from their affinities [T, K]: s_i / sum_j s_j (or sigmoid(s))."""
     if norm == "sigmoid":
         top_scores = torch.sigmoid(top_scores)
     elif norm != "sum":
         raise ValueError(f"norm must be 'sum' or 'sigmoid', got {norm!r}")
-    top_gates = top_scores / top_scores.sum(dim=-1, keepdim=True)
-    gates = torch.zeros_like(affinity).scatter(-1, topk_idx, top_gates)
-    winners_mask = torch.zeros_like(affinity, dtype=torch.bool).scatter(-1, topk_idx, True)
-    return gates, winners_mask, topk_idx
+    return top_scores / top_scores.sum(dim=-1, keepdim=True)

@@ -43,11 +43,12 @@ from megatron.core.tensor_parallel import reduce_from_tensor_model_parallel_regi
 
 from ..config.schema import CompeteSMoEConfig
 from ..device import current_device
-from . import context, metrics, winners_combine
+from . import context, metrics, winners_combine, winners_only_allgather, winners_only_alltoall
 from .affinity import gates_from_affinity, neural_response
 from .dispatch import CompetitionAlltoAllDispatcher, build_dispatcher, unit_routing
 from .losses import diversity_loss, router_distillation_loss, routing_agreement
 from .router import CompeteSMoERouter
+from .winners_only import candidate_mask
 
 class _SubclassKwargsNotice(logging.Filter):
     """TransformerLayer warns "Unknown MLP type ... Using default kwargs" for any MLP module
@@ -79,6 +80,17 @@ def check_layer_config(config, cs: CompeteSMoEConfig) -> None:
         problems.append("token_chunk must be >= 0")
     if cs.combine not in ("winners", "full"):
         problems.append(f"combine must be 'winners' or 'full', got {cs.combine!r}")
+    if cs.gradient not in ("winners", "dense"):
+        problems.append(f"gradient must be 'winners' or 'dense', got {cs.gradient!r}")
+    num_experts = config.num_moe_experts
+    if cs.candidates and not config.moe_router_topk <= cs.candidates <= num_experts:
+        problems.append(f"candidates must be 0 (all experts) or between top_k "
+                        f"({config.moe_router_topk}) and num_experts ({num_experts}), got "
+                        f"{cs.candidates}")
+    elif cs.candidates not in (0, num_experts) and (cs.gradient, cs.combine) != ("winners",
+                                                                                 "winners"):
+        problems.append("candidates < num_experts needs gradient 'winners' and combine "
+                        "'winners'")
     if problems:
         raise ValueError("CompeteSMoELayer: " + "; ".join(problems))
 
@@ -175,12 +187,23 @@ class CompeteSMoELayer(MoELayer):
             raise ValueError("MoE with tensor parallelism needs sequence parallelism in training")
         top_k, cs = self.config.moe_router_topk, self.competesmoe
         logits = self.router.competition_logits(hidden_states)  # [T, E]
-        if self.combines_winners_only():
+        if self.scores_without_graph():
+            compete = (winners_only_alltoall.compete
+                       if isinstance(self.token_dispatcher, CompetitionAlltoAllDispatcher)
+                       else winners_only_allgather.compete)
+            affinity, winners_mask, winner_outs, top_gates = compete(
+                self.token_dispatcher, self.experts, hidden_states,
+                candidate_mask(logits, cs.candidates), top_k, cs.gate_norm, cs.token_chunk,
+                self.router.weight.dtype)
+        elif self.combines_winners_only():
             affinity, winners_mask, winner_outs, top_gates = winners_combine.compete(
                 self.token_dispatcher, self.routed_experts_compute, hidden_states,
                 self.router.weight, top_k, cs.gate_norm, cs.token_chunk)
         else:
             affinity, winners_mask, winner_outs, top_gates = self._full_combine(hidden_states)
+        if cs.gradient == "winners" and not self.scores_without_graph():
+            # Same function as the winners-only path: the losers' affinities are constants.
+            affinity = torch.where(winners_mask, affinity, affinity.detach())
         top_gates = top_gates.to(winner_outs.dtype)
         output = (top_gates.unsqueeze(-1) * winner_outs).sum(dim=1)  # [T, H]
 
@@ -196,9 +219,15 @@ class CompeteSMoELayer(MoELayer):
             routing_agreement(logits[keep], winners_mask[keep], top_k))
         return output.view(hidden_states.shape).to(hidden_states.dtype), None
 
+    def scores_without_graph(self) -> bool:
+        """gradient == "winners" with combine "winners": the winners-only step (winners_only.py),
+        on either dispatcher."""
+        return self.competesmoe.gradient == "winners" and self.competesmoe.combine == "winners"
+
     def combines_winners_only(self) -> bool:
-        """combine == "winners" on the alltoall dispatcher; allgather keeps the full path (its
-        combine is one reduce-scatter of [T, E*H], with no per-row split to cut down)."""
+        """The dense-gradient step's combine (gradient "dense"): combine == "winners" on the
+        alltoall dispatcher; allgather keeps the full path (its combine is one reduce-scatter of
+        [T, E*H], with no per-row split to cut down)."""
         return (self.competesmoe.combine == "winners"
                 and isinstance(self.token_dispatcher, CompetitionAlltoAllDispatcher))
 

@@ -59,6 +59,13 @@ class OracleConfig:
     balance_coef: float = 0.01  # router-step Switch loss
     competition_balance_coef: float = 0.01
     z_loss_coef: float = 0.0  # 0: no z-loss
+    # Top-M candidates (0: all E): only the router's top-M experts (by logit) of a token
+    # compete; the others get affinity -inf (never win; softmax weight 0 in L_D and balance).
+    candidates: int = 0
+    # Gradient through the winners only: the competition balance loss's softmax sees the
+    # losers' affinities as constants (the project's `gradient: winners`; the spec's dense
+    # autograd lets it reach the losers).
+    balance_losers_detached: bool = False
 
 
 # ---- spec §1: selection and gates -------------------------------------------------------
@@ -163,14 +170,20 @@ def oracle_moe_forward(x, router_weight, experts: Sequence[Expert], top_k: int, 
     else:
         # The router is evaluated but does not route: its only gradient is L_D's.
         affinity = neural_response(outs)
+        if cfg.candidates and cfg.candidates < affinity.shape[-1]:
+            candidate = top_k_mask(router_logits, cfg.candidates)
+            affinity = torch.where(candidate, affinity, torch.full_like(affinity, -torch.inf))
         gates, chosen = competition_gates(affinity, top_k, cfg.gate_norm)
+        balance_affinity = affinity
+        if cfg.balance_losers_detached:
+            balance_affinity = torch.where(chosen, affinity, affinity.detach())
         winner_outs = torch.stack([outs[t][chosen[t]] for t in range(outs.shape[0])])
         losses = {
             "distillation": distillation_loss(router_logits, affinity, chosen, top_k,
                                               cfg.router_theta),
             "diversity": diversity_loss(winner_outs),
-            "competition_balance": switch_balance(torch.softmax(affinity, dim=-1), chosen,
-                                                  top_k),
+            "competition_balance": switch_balance(torch.softmax(balance_affinity, dim=-1),
+                                                  chosen, top_k),
         }
         aux = (cfg.router_loss_coef * losses["distillation"]
                + cfg.diversity_coef * losses["diversity"]

@@ -144,7 +144,9 @@ def reference_config(config, cs: CompeteSMoEConfig) -> OracleConfig:
                            diversity_coef=cs.diversity_coef,
                            balance_coef=config.moe_aux_loss_coeff,
                            competition_balance_coef=cs.balance_coef,
-                           z_loss_coef=config.moe_z_loss_coeff or 0.0)
+                           z_loss_coef=config.moe_z_loss_coeff or 0.0,
+                           candidates=cs.candidates,
+                           balance_losers_detached=cs.gradient == "winners")
 
 
 def run_reference(layer, config, cs, compete, x, upstream, dp_size, shard_of):
