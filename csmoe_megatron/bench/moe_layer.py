@@ -51,6 +51,8 @@ def _parse(argv):
     p.add_argument("--dispatcher", default="alltoall", choices=["alltoall", "allgather"])
     p.add_argument("--dtype", default="fp32", choices=list(DTYPES),
                    help="parameters and activations (bf16: megatron's bf16=True)")
+    p.add_argument("--candidates", type=int, default=0,
+                   help="competesmoe.candidates M for the competition step (0: all E)")
     p.add_argument("--json", action="store_true", help="print only the JSON line")
     return p.parse_args(argv)
 
@@ -116,21 +118,33 @@ def _layers(config, device):
 
 
 class _A2ACounter:
-    """Counts elements and bytes through all_to_all, wrapping the name each module imported."""
+    """Counts elements and bytes through all_to_all, wrapping the name each module imported:
+    `elements`/`bytes` in the forward, `backward_elements` in the backward (the gradient of
+    each autograd all_to_all output, and explicit calls while `backward` is set)."""
 
     def __init__(self):
         from megatron.core.transformer.moe import token_dispatcher
 
-        from ..moe import winners_combine
+        from ..moe import winners_combine, winners_only_alltoall
 
-        self.modules, self.elements, self.bytes = (token_dispatcher, winners_combine), 0, 0
+        self.modules = (token_dispatcher, winners_combine, winners_only_alltoall)
+        self.elements, self.bytes, self.backward_elements, self.backward = 0, 0, 0, False
         self.original = token_dispatcher.all_to_all
+
+    def _count_grad(self, grad):
+        self.backward_elements += grad.numel()
 
     def __enter__(self):
         def counting(group, tensor, *rest):
+            if self.backward:
+                self.backward_elements += tensor.numel()
+                return self.original(group, tensor, *rest)
             self.elements += tensor.numel()
             self.bytes += tensor.numel() * tensor.element_size()
-            return self.original(group, tensor, *rest)
+            out = self.original(group, tensor, *rest)
+            if out.requires_grad:  # its backward sends the output's gradient back
+                out.register_hook(self._count_grad)
+            return out
 
         for module in self.modules:
             module.all_to_all = counting
@@ -141,9 +155,11 @@ class _A2ACounter:
             module.all_to_all = self.original
 
 
-def _step(layer, x, upstream):
+def _step(layer, x, upstream, counter=None):
     hidden = x.clone().requires_grad_(True)
     out, _ = layer(hidden)
+    if counter is not None:
+        counter.backward = True
     out.backward(upstream)
 
 
@@ -230,19 +246,26 @@ def measure(args) -> dict:
     result["router_step_no_metrics_s"] = _time(ours, x, upstream, args)
     metrics.enabled = True
     with _A2ACounter() as count:
-        _step(ours, x, upstream)
+        _step(ours, x, upstream, count)
     result["router_a2a_rows_per_token"] = count.elements / H / T
+    result["router_a2a_rows_per_token_fwd_bwd"] = (count.elements
+                                                   + count.backward_elements) / H / T
     result["router_saved_bytes"] = _saved_bytes(ours, x, upstream)
     result["native_saved_bytes"] = _saved_bytes(native, x, upstream)
     context.force_competition(True)
     try:
         # "competition_*": the default winners combine; "competition_full_*": the full one.
-        for combine, prefix in (("winners", "competition"), ("full", "competition_full")):
-            ours.competesmoe = dataclasses.replace(ours.competesmoe, combine=combine)
+        # "full" takes no candidates (it brings back every expert's output).
+        for combine, prefix, candidates in (("winners", "competition", args.candidates),
+                                            ("full", "competition_full", 0)):
+            ours.competesmoe = dataclasses.replace(ours.competesmoe, combine=combine,
+                                                   candidates=candidates)
             result[f"{prefix}_step_s"] = _time(ours, x, upstream, args)
             with _A2ACounter() as count:
-                _step(ours, x, upstream)
+                _step(ours, x, upstream, count)
             result[f"{prefix}_a2a_rows_per_token"] = count.elements / H / T
+            result[f"{prefix}_a2a_rows_per_token_fwd_bwd"] = (
+                count.elements + count.backward_elements) / H / T
             # Bytes in units of one row (H values of the activation dtype): the keep mask is
             # one byte a (token, expert).
             row_bytes = H * x.element_size()
@@ -256,6 +279,16 @@ def measure(args) -> dict:
     result["competition_full_over_router"] = (result["competition_full_step_s"]
                                               / result["router_step_s"])
     result["cost_model_E_over_K"] = E / K
+    # Winners-only competition (spec §6): E (or M candidates) expert forwards without a graph,
+    # then the K winners' forward and backward: (M + 3K) / (3K) of a router step.
+    M = args.candidates or E
+    result["candidates"] = M
+    result["cost_model_competition"] = (M + 3 * K) / (3 * K)
+    result["competition_saved_bytes_over_router"] = (result["competition_saved_bytes"]
+                                                     / result["router_saved_bytes"])
+    # Forward + backward rows a token: one copy to each EP rank, E affinities back, the K
+    # winners' outputs back, their gradients out, the input gradients of the used copies.
+    result["competition_a2a_bound_fwd_bwd"] = world + E / H + 3 * K
     _add_flops(result, args)
     # Minimum rows of H per token (dispatch + combine), spec §6: router K + K; competition:
     # every expert must see the token (E rows, or one per EP rank if replicated on arrival),
@@ -263,6 +296,8 @@ def measure(args) -> dict:
     result["router_a2a_min_rows_per_token"] = 2 * K
     result["competition_a2a_min_rows_per_token"] = E + E / H + K
     result["memory_method"] = "bytes of unique storages saved for backward (saved_tensors_hooks)"
+    result["a2a_fwd_bwd_method"] = ("*_fwd_bwd: forward elements plus the gradients the "
+                                    "backward sends through all_to_all, / hidden / tokens")
     result["a2a_method"] = ("forward elements (tokens, probs, affinities, keep mask) through "
                             "megatron's all_to_all / hidden / tokens (row_bytes: bytes / bytes "
                             "of one hidden row / tokens); the backward mirrors it; counted even "
@@ -281,7 +316,13 @@ def _table(r: dict) -> str:
          f"x{r['competition_full_over_router']:.2f} of router; E/K = "
          f"{r['cost_model_E_over_K']:.1f})"),
         ("a2a rows/token router (min)", f"{r['router_a2a_rows_per_token']:.2f} "
-         f"({r['router_a2a_min_rows_per_token']:.2f})"),
+         f"({r['router_a2a_min_rows_per_token']:.2f}); fwd+bwd "
+         f"{r['router_a2a_rows_per_token_fwd_bwd']:.2f}"),
+        ("a2a rows/token fwd+bwd competition (bound)",
+         f"{r['competition_a2a_rows_per_token_fwd_bwd']:.2f} "
+         f"({r['competition_a2a_bound_fwd_bwd']:.2f}); cost model (M+3K)/3K "
+         f"{r['cost_model_competition']:.2f} at M={r['candidates']}; saved bytes over router "
+         f"x{r['competition_saved_bytes_over_router']:.2f}"),
         ("a2a rows/token competition winners/full (min)",
          f"{r['competition_a2a_rows_per_token']:.2f} / "
          f"{r['competition_full_a2a_rows_per_token']:.2f} "

@@ -201,6 +201,11 @@ def tracked_losses(names):
     return values
 
 
+LOSS_NAMES_MAP = {"competesmoe_distillation_loss": "distillation",
+                  "competesmoe_diversity_loss": "diversity",
+                  "competesmoe_balance_loss": "competition_balance"}
+
+
 def check_parity(config, cs: CompeteSMoEConfig, compete: bool, atol=ATOL, rtol=RTOL):
     """Build a layer, run one step (router or competition) and compare with the reference."""
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -231,9 +236,7 @@ def check_parity(config, cs: CompeteSMoEConfig, compete: bool, atol=ATOL, rtol=R
         torch.testing.assert_close(g2 / dp_size, r2, atol=atol, rtol=rtol)
 
     if compete:
-        names = {"competesmoe_distillation_loss": "distillation",
-                 "competesmoe_diversity_loss": "diversity",
-                 "competesmoe_balance_loss": "competition_balance"}
+        names = dict(LOSS_NAMES_MAP)
     else:
         names = {"load_balancing_loss": "balance"}
         if config.moe_z_loss_coeff:
