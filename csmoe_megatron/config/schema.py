@@ -28,9 +28,9 @@ class CompeteSMoEConfig:
     balance_coef: float = 0.01  # balance loss on the competition assignment
     gate_norm: str = "sum"  # "sum": s_i / sum s_j over winners; "sigmoid": sigmoid-normalised
     token_chunk: int = 0  # >0: compute competition affinities in chunks of this many tokens
-    #                       (gradient "winners": token_chunk rows of one expert at a time, which
-    #                       bounds the scoring pass's memory; combine "winners" with gradient
-    #                       "dense": chunks of token_chunk x E expert-side rows)
+    #                       (combine "winners" with gradient "dense": chunks of token_chunk x E
+    #                       expert-side rows; gradient "winners": token_chunk rows of one expert
+    #                       at a time, which bounds the memory of its scoring pass)
     # Competition combine (alltoall dispatcher): "winners" brings back the E affinities, then
     # only the K winners' outputs a token; "full" brings back all E outputs (allgather: always).
     combine: str = "winners"
