@@ -3,12 +3,16 @@
 * Router steps (most training steps, all of evaluation): MoELayer.forward unchanged, with the
   CompeteSMoERouter (megatron's TopKRouter plus a routing-map observer for load metrics).
 * Competition steps (training only, when context.competes says so for this layer's global MoE
-  index): every expert runs on every token through the normal dispatcher in dense mode.
-  combine "winners" (alltoall): the expert ranks score their rows and only the affinities and
-  then the K winners' outputs come back (winners_combine.py). combine "full" (and always with
-  allgather): all E x H outputs come back to the source rank (dispatch.py) and are scored
-  there. Winners, gates, the output and the losses are then computed on the source rank.
-  The router only gets the distillation loss.
+  index). gradient "winners" with combine "winners" (the default, both dispatchers;
+  winners_only*.py): each token reaches each expert rank once, every candidate expert scores
+  it without a graph, and only the winners run again with gradient and come back.
+  gradient "dense": every expert runs on every token through the normal dispatcher in dense
+  mode; combine "winners" (alltoall): the expert ranks score their rows and only the
+  affinities and then the K winners' outputs come back (winners_combine.py); combine "full"
+  (and always with allgather): all E x H outputs come back to the source rank (dispatch.py)
+  and are scored there. Winners, gates, the output and the losses are then computed on the
+  source rank. The router only gets the distillation loss. With gradient "winners" the
+  balance loss sees the losers' affinities as constants on every path (see winners_only.py).
 
 Losses are attached to the layer output with MoEAuxLossAutoScaler, so they are scaled like
 megatron's own aux loss (the schedule sets its scale to the main loss's 1/num_microbatches;
