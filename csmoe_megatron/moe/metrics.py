@@ -67,9 +67,11 @@ def record_competition_step(layer: int, winners_mask: torch.Tensor, affinity: to
     row[_AGREE_EXACT] += agreement.exact_match.double() * num_tokens
     row[_AGREE_OVERLAP] += agreement.slot_overlap.double() * num_tokens
     row[_AGREE_TOKENS] += num_tokens
+    scored = torch.isfinite(aff)  # top-M candidates: the others' affinity is -inf
+    aff = aff.where(scored, torch.zeros_like(aff))
     row[_AFF_SUM] += aff.sum()
     row[_AFF_SQSUM] += aff.square().sum()
-    row[_AFF_COUNT] += aff.numel()
+    row[_AFF_COUNT] += scored.sum()
     row[FIELDS:] += winners_mask.sum(dim=0).to(torch.float64)
 
 

@@ -56,6 +56,17 @@ def run_experts(experts, rows: torch.Tensor, tokens_per_expert: list, probs_dtyp
     return out
 
 
+def run_one_expert(experts, local: int, rows: torch.Tensor, probs_dtype) -> torch.Tensor:
+    """Local expert `local` alone on rows: SequentialMLP's own module when it has one (no empty
+    calls of the others), else the experts module with the other experts' counts zero."""
+    if hasattr(experts, "local_experts") and not (experts.config.fp8 or experts.config.fp4):
+        probs = torch.ones(rows.shape[0], dtype=probs_dtype, device=rows.device)
+        return experts.local_experts[local](rows, probs)[0]
+    sizes = [0] * experts.num_local_experts
+    sizes[local] = rows.shape[0]
+    return run_experts(experts, rows, sizes, probs_dtype)
+
+
 @torch.no_grad()
 def score_rows(experts, rows: torch.Tensor, cand: Optional[torch.Tensor], cand_counts: list,
                chunk: int, probs_dtype, etp_group=None) -> torch.Tensor:
@@ -74,9 +85,7 @@ def score_rows(experts, rows: torch.Tensor, cand: Optional[torch.Tensor], cand_c
         for start in range(0, count, step):
             stop = min(start + step, count)
             part = rows[start:stop] if idx is None else rows.index_select(0, idx[start:stop])
-            sizes = [0] * num_local
-            sizes[local] = stop - start
-            out = run_experts(experts, part, sizes, probs_dtype)
+            out = run_one_expert(experts, local, part, probs_dtype)
             if split_etp:
                 out = out.to(dtype)
                 dist.all_reduce(out, group=etp_group)

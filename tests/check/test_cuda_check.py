@@ -67,9 +67,11 @@ def test_a_defect_put_back_fails_the_check_by_name(defect):
         assert fragment in message, (fragment, message)
 
 
-# Sites allowed one host read per MoE layer: megatron's dispatcher reads its split sizes (and
-# permutes with data-dependent sizes); the winners combine reads its kept-row counts once.
-_PER_LAYER = ("token_dispatcher.py", "winners_combine.py")
+# Sites allowed host reads per MoE layer: megatron's dispatcher reads its split sizes (and
+# permutes with data-dependent sizes); the winners-only competition (the default) reads its
+# dispatch and its winners' split sizes, once each; the dense-gradient winners combine its
+# kept-row counts once.
+_PER_LAYER = ("token_dispatcher.py", "winners_combine.py", "winners_only_alltoall.py")
 
 
 def _syncs(num_layers: int) -> list[dict]:
@@ -93,9 +95,9 @@ def test_host_syncs_per_step_do_not_grow_with_moe_layers():
     for step in (0, 1):  # a router step, then a competition step in every layer
         assert _by_site(two, step, per_layer=False) == _by_site(four, step, per_layer=False), step
         assert not any("object collective" in r["kind"] for r in two + four if r["step"] == step)
-    # The winners combine reads its split sizes once per competing layer and micro-batch
-    # (2 micro-batches a step per data-parallel rank here), and nothing else of it syncs.
+    # The winners-only competition reads two sets of split sizes per competing layer and
+    # micro-batch (2 micro-batches a step per data-parallel rank here), nothing else of it.
     for rows, layers in ((two, 2), (four, 4)):
-        combine = [r for r in rows if r["step"] == 1 and "winners_combine.py" in r["site"]]
-        assert sum(r["count"] for r in combine) == layers * 2, combine
-        assert all("_host_split_sizes" in r["site"] for r in combine), combine
+        compete = [r for r in rows if r["step"] == 1 and "winners_only" in r["site"]]
+        assert sum(r["count"] for r in compete) == layers * 2 * 2, compete
+        assert all("compete" in r["site"] for r in compete), compete
