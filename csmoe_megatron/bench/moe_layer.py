@@ -15,6 +15,12 @@
     run every expert with gradient), as TFLOP/s per rank of the measured step times
     (`router_tflops`, `competition_tflops`) and as MFU against the GPU's dense bf16 peak
     (`router_mfu`, `competition_mfu`; null without a known peak, e.g. on CPU).
+(f) winners-only competition (the default, `gradient: winners`): all-to-all rows a token forward
+    plus backward (`competition_a2a_rows_per_token_fwd_bwd`, `router_a2a_rows_per_token_fwd_bwd`;
+    the backward counts the gradients of megatron's all_to_all outputs and the explicit
+    all_to_all calls of winners_only_alltoall's backward) against its bound EP + E/H + 3K
+    (`competition_a2a_bound_fwd_bwd`), step time against (M+3K)/(3K) (`cost_model_competition`,
+    M = E or --candidates M), and `competition_saved_bytes_over_router`.
 Competition steps are measured with both combines: "winners" (the default: affinities, then
 only the K winners' outputs come back) and "full" (all E outputs come back).
 --dtype bf16 builds the layers in bf16 (inputs too; the router stays fp32); JSON "dtype".
