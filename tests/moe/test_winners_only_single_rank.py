@@ -79,8 +79,9 @@ def test_winners_only_keeps_less_for_backward():
     assert winners < 0.6 * dense, (winners, dense)
 
 
-def test_candidates_against_the_oracle():
-    config = make_config(num_experts=6, top_k=2)
+@pytest.mark.parametrize("dispatcher", ["alltoall", "allgather"])
+def test_candidates_against_the_oracle(dispatcher):
+    config = make_config(num_experts=6, top_k=2, dispatcher=dispatcher)
     check_parity(config, CompeteSMoEConfig(candidates=3, token_chunk=2), compete=True)
 
 
