@@ -1,7 +1,8 @@
 """Winners-only competition step on the alltoall dispatcher (see winners_only.py).
 
 Rows of H values through the expert-parallel all-to-all, a token (spec §6 bound EP + E/H + 3K):
-  forward:  one copy to each EP rank holding a candidate (<= EP), E_local affinities back from
+  forward:  one copy to each EP rank holding a candidate (<= EP; with top-M candidates their
+            E_local mask values ride along in the same all-to-all), E_local affinities back from
             each (E/H), the winners' keep mask out (E bytes), the K winners' outputs back (K);
   backward: the K winners' output gradients out (K) and the input gradient of each copy that a
             winner used (<= K; `_DispatchOnce` sends back no other row).
@@ -42,22 +43,28 @@ class _Plan:
 
 
 class _DispatchOnce(torch.autograd.Function):
-    """x [T, H] -> the rows this rank receives (one per token and EP rank). Backward sends
-    back only the gradients of the rows a winner used: the others are zero."""
+    """x [T, H] -> the rows this rank receives (one per token and EP rank), and the `extra`
+    columns sent with them in the same all-to-all (the top-M candidate mask; no gradient).
+    Backward sends back only the gradients of the rows a winner used: the others are zero."""
 
     @staticmethod
-    def forward(ctx, x, send_tokens, plan):
+    def forward(ctx, x, send_tokens, plan, extra):
         ctx.plan, ctx.shape = plan, x.shape
         rows = x.index_select(0, send_tokens)
-        return all_to_all(plan.group, rows, plan.recv_splits, plan.send_splits)
+        if extra is not None:  # 0/1 values: exact in any float dtype
+            rows = torch.cat([rows, extra.to(rows.dtype)], dim=1)
+        rows = all_to_all(plan.group, rows, plan.recv_splits, plan.send_splits)
+        extra = rows[:, x.shape[1]:].contiguous()
+        ctx.mark_non_differentiable(extra)
+        return rows[:, :x.shape[1]].contiguous(), extra
 
     @staticmethod
-    def backward(ctx, grad_rows):
+    def backward(ctx, grad_rows, _):
         plan = ctx.plan
         used = grad_rows.index_select(0, plan.used_rows)
         back = all_to_all(plan.group, used, plan.used_in, plan.used_back)
         grad_x = back.new_zeros(ctx.shape).index_add_(0, plan.used_tokens, back)
-        return grad_x, None, None
+        return grad_x, None, None, None
 
 
 def _send_positions(mask_pt: torch.Tensor, count: int) -> torch.Tensor:
@@ -100,11 +107,9 @@ def compete(dispatcher, experts, hidden_states: torch.Tensor, cand, top_k: int,
     # 2. Dispatch once per EP rank; all-gather over expert-TP; score without a graph.
     positions = _send_positions(dest, sum(plan.send_splits))
     send_tokens = positions % T
-    rows = _DispatchOnce.apply(x, send_tokens, plan)  # [N_own, H]
-    cand_g = None
-    if cand is not None:
-        sent = local_cand.reshape(-1, n_local).index_select(0, positions).to(torch.uint8)
-        cand_g = all_to_all(plan.group, sent, plan.recv_splits, plan.send_splits)
+    sent = None if cand is None else local_cand.reshape(-1, n_local).index_select(0, positions)
+    rows, cand_g = _DispatchOnce.apply(x, send_tokens, plan, sent)  # [N_own, H], [N_own, E_l]
+    cand_g = None if cand is None else cand_g.to(torch.uint8)
     if etp_size > 1:
         rows = gather_from_sequence_parallel_region(rows, group=etp, output_split_sizes=etp_blocks)
         if cand_g is not None:

@@ -55,7 +55,8 @@ class RowCounter:
         self.original = winners_only_alltoall.all_to_all
 
     def _rows(self, tensor) -> int:
-        return tensor.shape[0] if tensor.dim() == 2 and tensor.shape[1] == self.hidden else 0
+        # H wide, or H + E_local with the candidate mask riding along
+        return tensor.shape[0] if tensor.dim() == 2 and tensor.shape[1] >= self.hidden else 0
 
     def _grad(self, grad):
         self.backward += self._rows(grad)
