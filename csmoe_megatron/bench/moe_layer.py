@@ -1,7 +1,8 @@
 """Benchmark of one CompeteSMoE layer (`csmoe-bench moe-layer`).
 
 (a) router-step time of CompeteSMoELayer vs megatron-core's own MoELayer, same config and
-    weights (forward + backward, min of --iters after --warmup);
+    weights (forward + backward, min of --iters after --warmup; all timed steps run
+    round-robin, one of each kind per round, so load changes on a shared machine hit each alike);
 (b) competition-step vs router-step time, against the E/K expert-compute cost model;
 (c) all-to-all volume per token in the forward (hidden-size rows through megatron's
     all_to_all, dispatch + combine, counted by wrapping the all_to_all of the dispatcher and of
@@ -190,17 +191,24 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
-def _time(layer, x, upstream, args) -> float:
-    for _ in range(args.warmup):
-        _step(layer, x, upstream)
-    times = []
+def _time_interleaved(cases: dict, x, upstream, args) -> dict:
+    """{name: min step time} of several (layer, setup) cases, measured round-robin (one step of
+    each per round), so a change of load on a shared machine hits every case alike and their
+    ratios stay meaningful. setup() puts the layer in the case's mode before each step."""
+    for layer, setup in cases.values():
+        setup()
+        for _ in range(args.warmup):
+            _step(layer, x, upstream)
+    times = {name: [] for name in cases}
     for _ in range(args.iters):
-        _sync()
-        start = time.perf_counter()
-        _step(layer, x, upstream)
-        _sync()
-        times.append(time.perf_counter() - start)
-    return min(times)  # min, not median: the CPU is shared and interference only adds time
+        for name, (layer, setup) in cases.items():
+            setup()
+            _sync()
+            start = time.perf_counter()
+            _step(layer, x, upstream)
+            _sync()
+            times[name].append(time.perf_counter() - start)
+    return {name: min(values) for name, values in times.items()}
 
 
 def step_flops(E: int, H: int, F: int, T: int, experts_per_token: int) -> int:
@@ -245,12 +253,29 @@ def measure(args) -> dict:
     result = {"experts": E, "top_k": K, "hidden": H, "ffn": args.ffn, "tokens_per_rank": T,
               "ep": world, "dispatcher": args.dispatcher, "dtype": args.dtype, "device": "cpu"
               if not torch.cuda.is_available() else torch.cuda.get_device_name()}
-    context.force_competition(False)
-    result["native_router_step_s"] = _time(native, x, upstream, args)
-    result["router_step_s"] = _time(ours, x, upstream, args)
-    metrics.enabled = False
-    result["router_step_no_metrics_s"] = _time(ours, x, upstream, args)
-    metrics.enabled = True
+
+    def mode(compete, combine="winners", candidates=0, with_metrics=True):
+        def setup():
+            context.force_competition(compete)
+            metrics.enabled = with_metrics
+            ours.competesmoe = dataclasses.replace(ours.competesmoe, combine=combine,
+                                                   candidates=candidates)
+        return setup
+
+    # "competition_*": the default winners combine; "competition_full_*": the full one, which
+    # takes no candidates (it brings back every expert's output).
+    try:
+        result.update(_time_interleaved({
+            "native_router_step_s": (native, mode(False)),
+            "router_step_s": (ours, mode(False)),
+            "router_step_no_metrics_s": (ours, mode(False, with_metrics=False)),
+            "competition_step_s": (ours, mode(True, "winners", args.candidates)),
+            "competition_full_step_s": (ours, mode(True, "full")),
+        }, x, upstream, args))
+    finally:
+        context.force_competition(None)
+        metrics.enabled = True
+    mode(False)()
     with _A2ACounter() as count:
         _step(ours, x, upstream, count)
     result["router_a2a_rows_per_token"] = count.elements / H / T
@@ -258,15 +283,10 @@ def measure(args) -> dict:
                                                    + count.backward_elements) / H / T
     result["router_saved_bytes"] = _saved_bytes(ours, x, upstream)
     result["native_saved_bytes"] = _saved_bytes(native, x, upstream)
-    context.force_competition(True)
     try:
-        # "competition_*": the default winners combine; "competition_full_*": the full one.
-        # "full" takes no candidates (it brings back every expert's output).
         for combine, prefix, candidates in (("winners", "competition", args.candidates),
                                             ("full", "competition_full", 0)):
-            ours.competesmoe = dataclasses.replace(ours.competesmoe, combine=combine,
-                                                   candidates=candidates)
-            result[f"{prefix}_step_s"] = _time(ours, x, upstream, args)
+            mode(True, combine, candidates)()
             with _A2ACounter() as count:
                 _step(ours, x, upstream, count)
             result[f"{prefix}_a2a_rows_per_token"] = count.elements / H / T

@@ -60,8 +60,8 @@ def run_one_expert(experts, local: int, rows: torch.Tensor, probs_dtype) -> torc
     """Local expert `local` alone on rows: SequentialMLP's own module when it has one (no empty
     calls of the others), else the experts module with the other experts' counts zero."""
     if hasattr(experts, "local_experts") and not (experts.config.fp8 or experts.config.fp4):
-        probs = torch.ones(rows.shape[0], dtype=probs_dtype, device=rows.device)
-        return experts.local_experts[local](rows, probs)[0]
+        # per_token_scale None: the unit probs' multiply (exact) is skipped, not done
+        return experts.local_experts[local](rows, None)[0]
     sizes = [0] * experts.num_local_experts
     sizes[local] = rows.shape[0]
     return run_experts(experts, rows, sizes, probs_dtype)
