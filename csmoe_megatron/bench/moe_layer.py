@@ -200,8 +200,12 @@ def _time_interleaved(cases: dict, x, upstream, args) -> dict:
         for _ in range(args.warmup):
             _step(layer, x, upstream)
     times = {name: [] for name in cases}
-    for _ in range(args.iters):
-        for name, (layer, setup) in cases.items():
+    names = list(cases)
+    for round_ in range(args.iters):
+        # Rotate the order each round: no case always follows the same (heavy) one.
+        shift = round_ % len(names)
+        for name in names[shift:] + names[:shift]:
+            layer, setup = cases[name]
             setup()
             _sync()
             start = time.perf_counter()
