@@ -14,6 +14,7 @@ are removed; nothing else is touched.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -24,16 +25,30 @@ import torch
 import torch.distributed as dist
 from megatron.core import dist_checkpointing
 
+from ..config.load import ConfigError
 from ..model import unwrap
 from . import checkpoint_manifest as manifest
+from . import layout as layouts
 from .checkpoint_files import (LEGACY_PROGRESS, PROGRESS, CheckpointError, SafeCommonLoadStrategy,
                                parse_legacy_progress, parse_progress, parse_rng, progress_bytes,
                                rng_bytes, rng_file, set_rng_state)
 from .checkpoint_manifest import MANIFEST
+from .distributed import seed_rngs
+from .optimizer_groups import fit_common
 
-# Distributed-optimizer state as megatron-LM saves it by default: parallel, no gathering; it
-# reshards across TP/PP/EP but keeps the DP size (what a restarted job has).
-_CKPT_METADATA = {"distrib_optim_sharding_type": "dp_reshardable"}
+# How optimizer state is laid out in the checkpoint (recorded in progress.json, read back at
+# load). Since checkpoints record their layout: every optimizer tensor keyed by the model
+# parameter it belongs to, in the parameter's own (global) shape, and no per-optimizer prefix
+# (megatron's dense/expert ChainedOptimizer split), so a resume may change TP/SP/PP/VPP/EP/ETP
+# and the DP size (train/layout.py). For the distributed optimizer this is megatron's
+# 'fully_reshardable': at a save each DP group all-gathers its optimizer shards (for a moment
+# every rank holds the full fp32 state of its model-parallel shard); at a load each rank reads
+# that state and keeps its own slice. ('fully_sharded_model_space', which needs no gather,
+# is refused by megatron-core 0.16: flattened ShardedTensors are no longer supported.)
+OPTIMIZER_FORMAT = {"distrib_optim_sharding_type": "fully_reshardable",
+                    "chained_optim_avoid_prefix": True}
+# Before: megatron-LM's default, bound to the DP layout of each model-parallel shard.
+_LEGACY_OPTIMIZER_FORMAT = {"distrib_optim_sharding_type": "dp_reshardable"}
 _ITER_RE = re.compile(r"^iter_(\d{7})$")
 LATEST = "latest"
 
@@ -49,11 +64,11 @@ def _model_state(model_chunks: list) -> dict:
     return {f"model{i}": m.sharded_state_dict() for i, m in enumerate(model_chunks)}
 
 
-def _sharded_state(model_chunks, optimizer, is_loading: bool) -> dict:
+def _sharded_state(model_chunks, optimizer, is_loading: bool, optimizer_format: dict) -> dict:
     state = _model_state(model_chunks)
     # The nested {"model0": ..., "model1": ...} dict: chunks' local key names overlap.
     state["optimizer"] = optimizer.sharded_state_dict(dict(state), is_loading=is_loading,
-                                                      metadata=_CKPT_METADATA)
+                                                      metadata=dict(optimizer_format))
     return state
 
 
@@ -140,6 +155,7 @@ def save_checkpoint(ckpt_root: Path, step: int, model_chunks, optimizer, schedul
     """Collective: every rank calls it. Returns the final checkpoint path. The tokenizer, when
     given, is copied in so that a checkpoint is self-contained."""
     rank = dist.get_rank()
+    progress = {**progress, "optimizer_format": OPTIMIZER_FORMAT}
     progress_json = progress_bytes(scheduler.state_dict(), progress)  # refuses on every rank
     final = ckpt_root / f"iter_{step:07d}"
     partial = ckpt_root / f"iter_{step:07d}.partial"
@@ -149,7 +165,8 @@ def save_checkpoint(ckpt_root: Path, step: int, model_chunks, optimizer, schedul
             shutil.rmtree(partial)
         partial.mkdir()
     dist.barrier()
-    state = _sharded_state(model_chunks, optimizer, is_loading=False)
+    state = _sharded_state(model_chunks, optimizer, is_loading=False,
+                           optimizer_format=OPTIMIZER_FORMAT)
     dist_checkpointing.save(state, str(partial))
     # Non-sharded state: scheduler and progress are identical on all ranks; RNG is per rank.
     (partial / rng_file(rank)).write_bytes(rng_bytes())
@@ -203,29 +220,94 @@ def _restore_adam_step(optimizer) -> None:
                     state["step"] = torch.tensor(float(group["step"]), dtype=state["step"].dtype)
 
 
-def load_checkpoint(path: Path, model_chunks, optimizer, scheduler) -> dict:
+@contextlib.contextmanager
+def _adam_steps_set_aside(optimizer):
+    """megatron's fully_reshardable load (without Apex/TE) copies every per-parameter entry of
+    torch Adam's state from the checkpoint, 'step' included, which it never saves (KeyError).
+    For that copy the steps are taken out and then put back (load_state_dict has just set them
+    from the param groups); the wrap is on these instances only and is removed after."""
+    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
+
+    wrapped = [opt for opt in getattr(optimizer, "chained_optimizers", [optimizer])
+               if isinstance(opt, DistributedOptimizer)]
+    for opt in wrapped:
+        def load_param_state(state_dict, _opt=opt,
+                             _load=opt.load_parameter_state_from_fully_reshardable):
+            aside = [(s, s.pop("step")) for s in _opt.optimizer.state.values() if "step" in s]
+            try:
+                _load(state_dict)
+            finally:
+                for state, step in aside:
+                    state["step"] = step
+        opt.load_parameter_state_from_fully_reshardable = load_param_state
+    try:
+        yield
+    finally:
+        for opt in wrapped:
+            del opt.load_parameter_state_from_fully_reshardable
+
+
+def load_checkpoint(path: Path, model_chunks, optimizer, scheduler, layout: dict | None = None,
+                    seed: int | None = None) -> dict:
     """Collective. Restores model, optimizer, scheduler and RNG; returns the progress dict.
     `path` should come from latest_checkpoint, which verified it and read `.metadata` and the
-    .distcp byte items as data before torch.distributed.checkpoint unpickles them here."""
+    .distcp byte items as data before torch.distributed.checkpoint unpickles them here.
+
+    `layout` (train/layout.current_layout) is this launch's: a change the checkpoint cannot
+    follow is a ConfigError before anything is loaded; any other change loads the tensors
+    resharded and, instead of the per-rank RNG files, re-seeds every rank from `seed` and the
+    step (layout.resume_seed)."""
     scheduler_state, progress = _read_progress(path)
+    saved = progress.get("layout")
+    same_layout = True
+    if layout is not None:
+        problem = layouts.refusal(saved, layout, path, layouts.legacy_world_size(path))
+        if problem:
+            raise ConfigError(problem)
+        same_layout = saved is None or layouts.changes(saved, layout) == []
     rng_path = path / rng_file(dist.get_rank())
-    # Absent when resuming on a different number of ranks.
-    rng = parse_rng(rng_path.read_bytes(), rng_path) if rng_path.is_file() else None
+    rng = parse_rng(rng_path.read_bytes(), rng_path) \
+        if same_layout and rng_path.is_file() else None
     _materialise_optimizer_state(optimizer)
-    state = _sharded_state(model_chunks, optimizer, is_loading=True)
-    loaded = dist_checkpointing.load(state, str(path), common_strategy=SafeCommonLoadStrategy())
+    optimizer_format = progress.get("optimizer_format", _LEGACY_OPTIMIZER_FORMAT)
+    if optimizer_format not in (OPTIMIZER_FORMAT, _LEGACY_OPTIMIZER_FORMAT):
+        raise CheckpointError(f"{path / PROGRESS}: unknown optimizer_format {optimizer_format!r}")
+    state = _sharded_state(model_chunks, optimizer, is_loading=True,
+                           optimizer_format=optimizer_format)
+    common = SafeCommonLoadStrategy() if optimizer_format != OPTIMIZER_FORMAT \
+        else _FittedCommonLoad(optimizer)
+    loaded = dist_checkpointing.load(state, str(path), common_strategy=common)
     if len(model_chunks) == 1:
         _unwrap(model_chunks[0]).load_state_dict(loaded["model"])
     else:
         for i, m in enumerate(model_chunks):
             _unwrap(m).load_state_dict(loaded[f"model{i}"])
-    with torch.no_grad():  # fp32 DistributedOptimizer copies into views of leaf params
+    with torch.no_grad(), _adam_steps_set_aside(optimizer):
+        # fp32 DistributedOptimizer copies into views of leaf params (no_grad)
         optimizer.load_state_dict(loaded["optimizer"])
     _restore_adam_step(optimizer)
     scheduler.load_state_dict(scheduler_state)
     if rng is not None:
         set_rng_state(rng)
+    elif not same_layout and seed is not None:
+        seed_rngs(layouts.resume_seed(seed, progress["step"]))
     return progress
+
+
+class _FittedCommonLoad(SafeCommonLoadStrategy):
+    """common.pt with the optimizer's param groups rebuilt for this launch's optimizer chain
+    (optimizer_groups), which may differ from the saving layout's."""
+
+    def __init__(self, optimizer):
+        super().__init__()
+        self.optimizer = optimizer
+
+    def load_common(self, checkpoint_dir):
+        common = super().load_common(checkpoint_dir)
+        if isinstance(common.get("optimizer"), dict):
+            common["optimizer"] = fit_common(common["optimizer"], self.optimizer,
+                                             f"{checkpoint_dir}/common.pt")
+        return common
 
 
 def _read_progress(path: Path) -> tuple[dict, dict]:
