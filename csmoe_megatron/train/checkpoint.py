@@ -14,7 +14,6 @@ are removed; nothing else is touched.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import shutil
@@ -33,22 +32,11 @@ from .checkpoint_files import (LEGACY_PROGRESS, PROGRESS, CheckpointError, SafeC
                                parse_legacy_progress, parse_progress, parse_rng, progress_bytes,
                                rng_bytes, rng_file, set_rng_state)
 from .checkpoint_manifest import MANIFEST
+from .checkpoint_optimizer import (LEGACY_OPTIMIZER_FORMAT, OPTIMIZER_FORMAT, FittedCommonLoad,
+                                   adam_steps_set_aside, materialise_optimizer_state,
+                                   restore_adam_step)
 from .distributed import seed_rngs
-from .optimizer_groups import fit_common
 
-# How optimizer state is laid out in the checkpoint (recorded in progress.json, read back at
-# load). Since checkpoints record their layout: every optimizer tensor keyed by the model
-# parameter it belongs to, in the parameter's own (global) shape, and no per-optimizer prefix
-# (megatron's dense/expert ChainedOptimizer split), so a resume may change TP/SP/PP/VPP/EP/ETP
-# and the DP size (train/layout.py). For the distributed optimizer this is megatron's
-# 'fully_reshardable': at a save each DP group all-gathers its optimizer shards (for a moment
-# every rank holds the full fp32 state of its model-parallel shard); at a load each rank reads
-# that state and keeps its own slice. ('fully_sharded_model_space', which needs no gather,
-# is refused by megatron-core 0.16: flattened ShardedTensors are no longer supported.)
-OPTIMIZER_FORMAT = {"distrib_optim_sharding_type": "fully_reshardable",
-                    "chained_optim_avoid_prefix": True}
-# Before: megatron-LM's default, bound to the DP layout of each model-parallel shard.
-_LEGACY_OPTIMIZER_FORMAT = {"distrib_optim_sharding_type": "dp_reshardable"}
 _ITER_RE = re.compile(r"^iter_(\d{7})$")
 LATEST = "latest"
 
@@ -191,62 +179,6 @@ def save_checkpoint(ckpt_root: Path, step: int, model_chunks, optimizer, schedul
     return final
 
 
-def _materialise_optimizer_state(optimizer) -> None:
-    """Without Apex/TE, megatron's DistributedOptimizer.state_dict() needs Adam state to exist
-    (it reads each param's 'step'), which torch creates only at the first step. Use megatron's
-    own dummy-step initialiser; the loaded checkpoint then overwrites params and state."""
-    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
-
-    for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
-        if isinstance(opt, DistributedOptimizer) and len(opt.optimizer.state) == 0:
-            opt._init_optimizer_states_with_dummy_values()
-
-
-def _restore_adam_step(optimizer) -> None:
-    """torch.optim.Adam keeps its step count per parameter; megatron's DistributedOptimizer
-    (without Apex/TE) restores it only into param_groups["step"], leaving the per-parameter
-    count at the dummy step's 1, which changes bias correction after a resume. Copy it back."""
-    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
-
-    for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
-        if not isinstance(opt, DistributedOptimizer):
-            continue
-        for group in opt.optimizer.param_groups:
-            if "step" not in group:
-                continue
-            for param in group["params"]:
-                state = opt.optimizer.state.get(param)
-                if state and "step" in state:
-                    state["step"] = torch.tensor(float(group["step"]), dtype=state["step"].dtype)
-
-
-@contextlib.contextmanager
-def _adam_steps_set_aside(optimizer):
-    """megatron's fully_reshardable load (without Apex/TE) copies every per-parameter entry of
-    torch Adam's state from the checkpoint, 'step' included, which it never saves (KeyError).
-    For that copy the steps are taken out and then put back (load_state_dict has just set them
-    from the param groups); the wrap is on these instances only and is removed after."""
-    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
-
-    wrapped = [opt for opt in getattr(optimizer, "chained_optimizers", [optimizer])
-               if isinstance(opt, DistributedOptimizer)]
-    for opt in wrapped:
-        def load_param_state(state_dict, _opt=opt,
-                             _load=opt.load_parameter_state_from_fully_reshardable):
-            aside = [(s, s.pop("step")) for s in _opt.optimizer.state.values() if "step" in s]
-            try:
-                _load(state_dict)
-            finally:
-                for state, step in aside:
-                    state["step"] = step
-        opt.load_parameter_state_from_fully_reshardable = load_param_state
-    try:
-        yield
-    finally:
-        for opt in wrapped:
-            del opt.load_parameter_state_from_fully_reshardable
-
-
 def load_checkpoint(path: Path, model_chunks, optimizer, scheduler, layout: dict | None = None,
                     seed: int | None = None) -> dict:
     """Collective. Restores model, optimizer, scheduler and RNG; returns the progress dict.
@@ -268,46 +200,30 @@ def load_checkpoint(path: Path, model_chunks, optimizer, scheduler, layout: dict
     rng_path = path / rng_file(dist.get_rank())
     rng = parse_rng(rng_path.read_bytes(), rng_path) \
         if same_layout and rng_path.is_file() else None
-    _materialise_optimizer_state(optimizer)
-    optimizer_format = progress.get("optimizer_format", _LEGACY_OPTIMIZER_FORMAT)
-    if optimizer_format not in (OPTIMIZER_FORMAT, _LEGACY_OPTIMIZER_FORMAT):
+    materialise_optimizer_state(optimizer)
+    optimizer_format = progress.get("optimizer_format", LEGACY_OPTIMIZER_FORMAT)
+    if optimizer_format not in (OPTIMIZER_FORMAT, LEGACY_OPTIMIZER_FORMAT):
         raise CheckpointError(f"{path / PROGRESS}: unknown optimizer_format {optimizer_format!r}")
     state = _sharded_state(model_chunks, optimizer, is_loading=True,
                            optimizer_format=optimizer_format)
     common = SafeCommonLoadStrategy() if optimizer_format != OPTIMIZER_FORMAT \
-        else _FittedCommonLoad(optimizer)
+        else FittedCommonLoad(optimizer)
     loaded = dist_checkpointing.load(state, str(path), common_strategy=common)
     if len(model_chunks) == 1:
         _unwrap(model_chunks[0]).load_state_dict(loaded["model"])
     else:
         for i, m in enumerate(model_chunks):
             _unwrap(m).load_state_dict(loaded[f"model{i}"])
-    with torch.no_grad(), _adam_steps_set_aside(optimizer):
+    with torch.no_grad(), adam_steps_set_aside(optimizer):
         # fp32 DistributedOptimizer copies into views of leaf params (no_grad)
         optimizer.load_state_dict(loaded["optimizer"])
-    _restore_adam_step(optimizer)
+    restore_adam_step(optimizer)
     scheduler.load_state_dict(scheduler_state)
     if rng is not None:
         set_rng_state(rng)
     elif not same_layout and seed is not None:
         seed_rngs(layouts.resume_seed(seed, progress["step"]))
     return progress
-
-
-class _FittedCommonLoad(SafeCommonLoadStrategy):
-    """common.pt with the optimizer's param groups rebuilt for this launch's optimizer chain
-    (optimizer_groups), which may differ from the saving layout's."""
-
-    def __init__(self, optimizer):
-        super().__init__()
-        self.optimizer = optimizer
-
-    def load_common(self, checkpoint_dir):
-        common = super().load_common(checkpoint_dir)
-        if isinstance(common.get("optimizer"), dict):
-            common["optimizer"] = fit_common(common["optimizer"], self.optimizer,
-                                             f"{checkpoint_dir}/common.pt")
-        return common
 
 
 def _read_progress(path: Path) -> tuple[dict, dict]:

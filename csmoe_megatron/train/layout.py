@@ -22,6 +22,14 @@ _PARALLEL_KEYS = ("tensor", "pipeline", "virtual_pipeline", "expert", "expert_te
                   "context", "sequence_parallel", "distributed_optimizer")
 
 
+# Recorded keys a resume may not change, and why.
+_REFUSED = {
+    "distributed_optimizer": "the distributed and the plain optimizer save different state "
+                             "(the distributed one keeps an fp32 copy of every parameter)",
+    "context": "context parallelism is not supported",
+}
+
+
 def current_layout(cfg, world_size: int) -> dict:
     """The record saved with every checkpoint (progress.json "layout")."""
     p = cfg.parallel
@@ -68,10 +76,11 @@ def refusal(saved: dict | None, now: dict, ckpt_dir: Path, legacy_world: int | N
                 f"count samples of the saved batch size. Fix: set train.global_batch_size="
                 f"{saved.get('global_batch_size')} (the parallel layout and "
                 f"train.micro_batch_size may change), {fix_new}")
-    if saved.get("context", 1) != now["context"]:
-        return (f"cannot resume {ckpt_dir}: parallel.context changed from "
-                f"{saved.get('context')} to {now['context']}. Fix: set parallel.context="
-                f"{saved.get('context')}, {fix_new}")
+    for key, why in _REFUSED.items():
+        if saved.get(key) != now[key]:
+            return (f"cannot resume {ckpt_dir}: parallel.{key} changed from {saved.get(key)} "
+                    f"(the checkpoint) to {now[key]}; {why}. Fix: set parallel.{key}="
+                    f"{str(saved.get(key)).lower()}, {fix_new}")
     return None
 
 
