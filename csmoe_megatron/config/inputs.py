@@ -124,7 +124,7 @@ def _check_resume_layout(cfg: ExperimentConfig, world_size: int) -> None:
         return
     saved = progress.get("layout")
     problem = refusal(saved, current_layout(cfg, world_size), checkpoints / name,
-                      legacy_world_size(checkpoints / name))
+                      legacy_world_size(checkpoints / name, progress))
     if problem:
         raise ConfigError(problem)
 

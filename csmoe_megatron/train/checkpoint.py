@@ -193,10 +193,11 @@ def load_checkpoint(path: Path, model_chunks, optimizer, scheduler, layout: dict
     saved = progress.get("layout")
     same_layout = True
     if layout is not None:
-        problem = layouts.refusal(saved, layout, path, layouts.legacy_world_size(path))
+        problem = layouts.refusal(saved, layout, path, layouts.legacy_world_size(path, progress))
         if problem:
             raise ConfigError(problem)
-        same_layout = saved is None or layouts.changes(saved, layout) == []
+        same_layout = layouts.changes(saved, layout) == [] if saved is not None \
+            else layouts.rng_files(path) == layout["world_size"]
     rng_path = path / rng_file(dist.get_rank())
     rng = parse_rng(rng_path.read_bytes(), rng_path) \
         if same_layout and rng_path.is_file() else None

@@ -1,23 +1,24 @@
 """Resume on another parallel layout: what a checkpoint records of the layout that wrote it,
 which changes a resume accepts, and what happens to the per-rank RNG state when it changes.
 
-A checkpoint's model and optimizer tensors are stored as global (layout-free) tensors
-(checkpoint.py saves the distributed optimizer as 'fully_sharded_model_space'), so TP, SP, PP,
-VPP, EP, ETP and the data-parallel size (the number of ranks) may change between launches.
+A checkpoint's model and optimizer tensors are stored as global (layout-free) tensors keyed
+by model parameter (checkpoint_optimizer.OPTIMIZER_FORMAT), so TP, SP, PP, VPP, EP, ETP and the
+data-parallel size (the number of ranks) may change between launches.
 What may not change is the global batch size: the data position (consumed samples) and the
 LR schedule count samples of it. The RNG files are one per rank and mean nothing on another
 layout: on any layout change they are not read, and every rank re-seeds from train.seed and the
 step (resume_seed), so a resumed run is still a pure function of its config.
 
-Standard library only at import time: config/inputs.py runs check_resume before any process
-group exists or anything is written.
+Standard library only at import time: config/inputs.py runs `refusal` before any process
+group exists or anything is written; checkpoint.load_checkpoint runs it again on the
+checkpoint it actually loads (after any fallback).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-# The parallel keys a checkpoint records: config key -> how to read it from the config.
+# The parallel.* keys a checkpoint records (with the world and DP sizes and the global batch).
 _PARALLEL_KEYS = ("tensor", "pipeline", "virtual_pipeline", "expert", "expert_tensor",
                   "context", "sequence_parallel", "distributed_optimizer")
 
@@ -25,7 +26,7 @@ _PARALLEL_KEYS = ("tensor", "pipeline", "virtual_pipeline", "expert", "expert_te
 # Recorded keys a resume may not change, and why.
 _REFUSED = {
     "distributed_optimizer": "the distributed and the plain optimizer save different state "
-                             "(the distributed one keeps an fp32 copy of every parameter)",
+                             "(the distributed one saves its fp32 main parameters too)",
     "context": "context parallelism is not supported",
 }
 
@@ -60,8 +61,8 @@ def refusal(saved: dict | None, now: dict, ckpt_dir: Path, legacy_world: int | N
     recorded it) cannot be resumed on layout `now`; None when it can."""
     fix_new = "or start a new run.dir (or set checkpoint.resume=false)"
     if saved is None:
-        # Written before the layout was recorded: its distributed optimizer state was saved in
-        # megatron's DP-bound format, and its layout is known only by its RNG files' count.
+        # Written before the layout was recorded (legacy_world_size): its distributed optimizer
+        # state is in megatron's DP-bound format, its layout known only by its RNG files.
         if legacy_world is not None and legacy_world != now["world_size"]:
             return (f"cannot resume {ckpt_dir} with {now['world_size']} ranks: it was written "
                     f"by {legacy_world} ranks before checkpoints recorded their parallel layout, "
@@ -84,10 +85,18 @@ def refusal(saved: dict | None, now: dict, ckpt_dir: Path, legacy_world: int | N
     return None
 
 
-def legacy_world_size(ckpt_dir: Path) -> int | None:
-    """Ranks that wrote a checkpoint without a layout record: one RNG file each."""
-    count = sum(1 for p in Path(ckpt_dir).glob("rng_rank*.pt"))
-    return count or None
+def rng_files(ckpt_dir: Path) -> int:
+    """How many ranks wrote the checkpoint: one RNG file each."""
+    return sum(1 for _ in Path(ckpt_dir).glob("rng_rank*.pt"))
+
+
+def legacy_world_size(ckpt_dir: Path, progress: dict) -> int | None:
+    """The number of ranks that wrote a checkpoint of the old format, which resumes only on its
+    own layout; None for a checkpoint whose tensors are layout-free (it has an optimizer_format,
+    with or without a layout record, e.g. one written by a conversion tool)."""
+    if "optimizer_format" in progress:
+        return None
+    return rng_files(ckpt_dir) or None
 
 
 def resume_seed(seed: int, step: int) -> int:

@@ -32,9 +32,9 @@ from . import ddp
 from .data_setup import (build_run_datasets, check_tokenizer_matches_checkpoint,
                          copy_tokenizer_to_run, resolve_tokenizer_and_prefixes)
 from .distributed import destroy_distributed, init_distributed, is_logging_rank, launch_world_size
+from .flops import flops_per_token, parameter_counts, peak_tflops
 from .layout import changes as layout_changes
 from .layout import current_layout
-from .flops import flops_per_token, parameter_counts, peak_tflops
 from .logger import RunLogger
 from .moe_logging import MoEMetricsLogger
 from .optim import build_optimizer

@@ -22,7 +22,7 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import FileSystemReader
 
 from csmoe_megatron.train.__main__ import EXIT_CONFIG, main
-from csmoe_megatron.train.layout import refusal
+from csmoe_megatron.train.layout import legacy_world_size, refusal
 from tests.train.parity import GRAD_NORM_RTOL, LOSS_ATOL
 from tests.train.trainer_runs import REPO, TINY, read_metrics, run_trainer
 
@@ -132,8 +132,14 @@ def test_switching_the_distributed_optimizer_is_refused(saved_run):
 
 def test_a_checkpoint_without_a_layout_record_resumes_only_on_its_own_world_size(saved_run):
     ckpt = saved_run / "checkpoints" / "iter_0000006"
-    progress = json.loads((ckpt / "progress.json").read_text())
-    layout = progress["progress"].pop("layout")
+    progress = json.loads((ckpt / "progress.json").read_text())["progress"]
+    layout = progress.pop("layout")
+    # Written by a conversion tool: no layout record, but layout-free tensors.
+    assert legacy_world_size(ckpt, progress) is None
+    assert refusal(None, {**layout, "world_size": 1}, ckpt, None) is None
+    # Written before layouts were recorded: the old optimizer format, 2 RNG files.
+    del progress["optimizer_format"]
+    assert legacy_world_size(ckpt, progress) == 2
     same = {**layout, "pipeline": 1, "expert": 2}  # a layout change it cannot detect
     assert refusal(None, same, ckpt, legacy_world=2) is None
     message = refusal(None, {**layout, "world_size": 1}, ckpt, legacy_world=2)
