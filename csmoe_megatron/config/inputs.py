@@ -1,7 +1,7 @@
 """Checks of what a run reads and where it writes, before anything is touched: the tokenizer
 (exists, loads, its vocabulary fits model.vocab_size), every data prefix (PREFIX.bin and
-PREFIX.idx exist and agree, token ids fit their dtype), the tokenizer of the checkpoint a run
-would resume, the run and cache directories (can be created or written). Reads only; writes
+PREFIX.idx exist and agree, token ids fit their dtype), the tokenizer and the parallel layout of
+the checkpoint a run would resume, the run and cache directories (can be created or written). Reads only; writes
 nothing, builds no cache. Each failure is one ConfigError naming the key, the file and the fix."""
 
 from __future__ import annotations
@@ -44,8 +44,9 @@ def _default_corpus_module():
     return module
 
 
-def check_inputs(cfg: ExperimentConfig) -> None:
-    """ConfigError on the first input the run could not read or output it could not write."""
+def check_inputs(cfg: ExperimentConfig, world_size: int | None = None) -> None:
+    """ConfigError on the first input the run could not read or output it could not write.
+    With `world_size`, also a resume the checkpoint's parallel layout cannot follow."""
     vocab = tokenizer_vocab_size(cfg)
     if vocab is not None and cfg.model.vocab_size is not None and cfg.model.vocab_size < vocab:
         raise ConfigError(f"model.vocab_size ({cfg.model.vocab_size}) is smaller than the "
@@ -54,6 +55,8 @@ def check_inputs(cfg: ExperimentConfig) -> None:
     if cfg.data.source == "indexed":
         _check_prefixes(cfg.data.prefixes, vocab)
         _check_resume_tokenizer(cfg)
+    if world_size is not None:
+        _check_resume_layout(cfg, world_size)
     _check_writable("run.dir", Path(cfg.run.dir))
     checkpoints = Path(cfg.run.dir) / "checkpoints"
     if checkpoints.exists():
@@ -102,6 +105,28 @@ def _check_resume_tokenizer(cfg: ExperimentConfig) -> None:
                           f"{cfg.data.tokenizer} ({current}); use the tokenizer saved in "
                           f"{checkpoints / name / 'tokenizer'}, set checkpoint.resume=false or "
                           f"start a new run.dir")
+
+
+def _check_resume_layout(cfg: ExperimentConfig, world_size: int) -> None:
+    """A resume of `latest` on a layout it cannot follow (train/layout.py), refused before
+    anything is written; the trainer checks the checkpoint it actually loads again."""
+    from ..train.layout import current_layout, legacy_world_size, refusal
+
+    checkpoints = Path(cfg.run.dir) / "checkpoints"
+    try:
+        name = (checkpoints / "latest").read_text().strip()
+        doc = json.loads((checkpoints / name / "progress.json").read_text())
+    except (OSError, ValueError):  # no checkpoint yet, or one the resume logic reports on
+        return
+    progress = doc.get("progress") if isinstance(doc, dict) else None
+    if not cfg.checkpoint.resume or not isinstance(progress, dict) \
+            or not isinstance(progress.get("layout", {}), dict):
+        return
+    saved = progress.get("layout")
+    problem = refusal(saved, current_layout(cfg, world_size), checkpoints / name,
+                      legacy_world_size(checkpoints / name, progress))
+    if problem:
+        raise ConfigError(problem)
 
 
 def _check_writable(key: str, path: Path) -> None:

@@ -118,7 +118,7 @@ def _validated(args, worker: bool, rank: str):
         world = _world_size(args, worker, cfg)
         validate(cfg, world)
         if not (args.check and args.skip_inputs):
-            check_inputs(cfg)
+            check_inputs(cfg, world)
     except ConfigError as e:
         if speak:
             hint = ""

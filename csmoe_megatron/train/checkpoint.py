@@ -24,16 +24,19 @@ import torch
 import torch.distributed as dist
 from megatron.core import dist_checkpointing
 
+from ..config.load import ConfigError
 from ..model import unwrap
 from . import checkpoint_manifest as manifest
+from . import layout as layouts
 from .checkpoint_files import (LEGACY_PROGRESS, PROGRESS, CheckpointError, SafeCommonLoadStrategy,
                                parse_legacy_progress, parse_progress, parse_rng, progress_bytes,
                                rng_bytes, rng_file, set_rng_state)
 from .checkpoint_manifest import MANIFEST
+from .checkpoint_optimizer import (LEGACY_OPTIMIZER_FORMAT, OPTIMIZER_FORMAT, FittedCommonLoad,
+                                   adam_steps_set_aside, materialise_optimizer_state,
+                                   restore_adam_step)
+from .distributed import seed_rngs
 
-# Distributed-optimizer state as megatron-LM saves it by default: parallel, no gathering; it
-# reshards across TP/PP/EP but keeps the DP size (what a restarted job has).
-_CKPT_METADATA = {"distrib_optim_sharding_type": "dp_reshardable"}
 _ITER_RE = re.compile(r"^iter_(\d{7})$")
 LATEST = "latest"
 
@@ -49,11 +52,11 @@ def _model_state(model_chunks: list) -> dict:
     return {f"model{i}": m.sharded_state_dict() for i, m in enumerate(model_chunks)}
 
 
-def _sharded_state(model_chunks, optimizer, is_loading: bool) -> dict:
+def _sharded_state(model_chunks, optimizer, is_loading: bool, optimizer_format: dict) -> dict:
     state = _model_state(model_chunks)
     # The nested {"model0": ..., "model1": ...} dict: chunks' local key names overlap.
     state["optimizer"] = optimizer.sharded_state_dict(dict(state), is_loading=is_loading,
-                                                      metadata=_CKPT_METADATA)
+                                                      metadata=dict(optimizer_format))
     return state
 
 
@@ -140,6 +143,7 @@ def save_checkpoint(ckpt_root: Path, step: int, model_chunks, optimizer, schedul
     """Collective: every rank calls it. Returns the final checkpoint path. The tokenizer, when
     given, is copied in so that a checkpoint is self-contained."""
     rank = dist.get_rank()
+    progress = {**progress, "optimizer_format": OPTIMIZER_FORMAT}
     progress_json = progress_bytes(scheduler.state_dict(), progress)  # refuses on every rank
     final = ckpt_root / f"iter_{step:07d}"
     partial = ckpt_root / f"iter_{step:07d}.partial"
@@ -149,7 +153,8 @@ def save_checkpoint(ckpt_root: Path, step: int, model_chunks, optimizer, schedul
             shutil.rmtree(partial)
         partial.mkdir()
     dist.barrier()
-    state = _sharded_state(model_chunks, optimizer, is_loading=False)
+    state = _sharded_state(model_chunks, optimizer, is_loading=False,
+                           optimizer_format=OPTIMIZER_FORMAT)
     dist_checkpointing.save(state, str(partial))
     # Non-sharded state: scheduler and progress are identical on all ranks; RNG is per rank.
     (partial / rng_file(rank)).write_bytes(rng_bytes())
@@ -174,57 +179,51 @@ def save_checkpoint(ckpt_root: Path, step: int, model_chunks, optimizer, schedul
     return final
 
 
-def _materialise_optimizer_state(optimizer) -> None:
-    """Without Apex/TE, megatron's DistributedOptimizer.state_dict() needs Adam state to exist
-    (it reads each param's 'step'), which torch creates only at the first step. Use megatron's
-    own dummy-step initialiser; the loaded checkpoint then overwrites params and state."""
-    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
-
-    for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
-        if isinstance(opt, DistributedOptimizer) and len(opt.optimizer.state) == 0:
-            opt._init_optimizer_states_with_dummy_values()
-
-
-def _restore_adam_step(optimizer) -> None:
-    """torch.optim.Adam keeps its step count per parameter; megatron's DistributedOptimizer
-    (without Apex/TE) restores it only into param_groups["step"], leaving the per-parameter
-    count at the dummy step's 1, which changes bias correction after a resume. Copy it back."""
-    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
-
-    for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
-        if not isinstance(opt, DistributedOptimizer):
-            continue
-        for group in opt.optimizer.param_groups:
-            if "step" not in group:
-                continue
-            for param in group["params"]:
-                state = opt.optimizer.state.get(param)
-                if state and "step" in state:
-                    state["step"] = torch.tensor(float(group["step"]), dtype=state["step"].dtype)
-
-
-def load_checkpoint(path: Path, model_chunks, optimizer, scheduler) -> dict:
+def load_checkpoint(path: Path, model_chunks, optimizer, scheduler, layout: dict | None = None,
+                    seed: int | None = None) -> dict:
     """Collective. Restores model, optimizer, scheduler and RNG; returns the progress dict.
     `path` should come from latest_checkpoint, which verified it and read `.metadata` and the
-    .distcp byte items as data before torch.distributed.checkpoint unpickles them here."""
+    .distcp byte items as data before torch.distributed.checkpoint unpickles them here.
+
+    `layout` (train/layout.current_layout) is this launch's: a change the checkpoint cannot
+    follow is a ConfigError before anything is loaded; any other change loads the tensors
+    resharded and, instead of the per-rank RNG files, re-seeds every rank from `seed` and the
+    step (layout.resume_seed)."""
     scheduler_state, progress = _read_progress(path)
+    saved = progress.get("layout")
+    same_layout = True
+    if layout is not None:
+        problem = layouts.refusal(saved, layout, path, layouts.legacy_world_size(path, progress))
+        if problem:
+            raise ConfigError(problem)
+        same_layout = layouts.changes(saved, layout) == [] if saved is not None \
+            else layouts.rng_files(path) == layout["world_size"]
     rng_path = path / rng_file(dist.get_rank())
-    # Absent when resuming on a different number of ranks.
-    rng = parse_rng(rng_path.read_bytes(), rng_path) if rng_path.is_file() else None
-    _materialise_optimizer_state(optimizer)
-    state = _sharded_state(model_chunks, optimizer, is_loading=True)
-    loaded = dist_checkpointing.load(state, str(path), common_strategy=SafeCommonLoadStrategy())
+    rng = parse_rng(rng_path.read_bytes(), rng_path) \
+        if same_layout and rng_path.is_file() else None
+    materialise_optimizer_state(optimizer)
+    optimizer_format = progress.get("optimizer_format", LEGACY_OPTIMIZER_FORMAT)
+    if optimizer_format not in (OPTIMIZER_FORMAT, LEGACY_OPTIMIZER_FORMAT):
+        raise CheckpointError(f"{path / PROGRESS}: unknown optimizer_format {optimizer_format!r}")
+    state = _sharded_state(model_chunks, optimizer, is_loading=True,
+                           optimizer_format=optimizer_format)
+    common = SafeCommonLoadStrategy() if optimizer_format != OPTIMIZER_FORMAT \
+        else FittedCommonLoad(optimizer)
+    loaded = dist_checkpointing.load(state, str(path), common_strategy=common)
     if len(model_chunks) == 1:
         _unwrap(model_chunks[0]).load_state_dict(loaded["model"])
     else:
         for i, m in enumerate(model_chunks):
             _unwrap(m).load_state_dict(loaded[f"model{i}"])
-    with torch.no_grad():  # fp32 DistributedOptimizer copies into views of leaf params
+    with torch.no_grad(), adam_steps_set_aside(optimizer):
+        # fp32 DistributedOptimizer copies into views of leaf params (no_grad)
         optimizer.load_state_dict(loaded["optimizer"])
-    _restore_adam_step(optimizer)
+    restore_adam_step(optimizer)
     scheduler.load_state_dict(scheduler_state)
     if rng is not None:
         set_rng_state(rng)
+    elif not same_layout and seed is not None:
+        seed_rngs(layouts.resume_seed(seed, progress["step"]))
     return progress
 
 

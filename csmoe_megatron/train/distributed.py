@@ -57,8 +57,13 @@ def init_distributed(cfg: ExperimentConfig, timeout_s: float | None = None) -> N
         expert_tensor_parallel_size=p.expert_tensor or p.tensor,
         distributed_timeout_minutes=timeout_s / 60,
     )
-    torch.manual_seed(cfg.train.seed)
-    model_parallel_cuda_manual_seed(cfg.train.seed, force_reset_rng=True)
+    seed_rngs(cfg.train.seed)
+
+
+def seed_rngs(seed: int) -> None:
+    """Every RNG stream of this rank: torch's and megatron's tracker (per TP/EP rank offsets)."""
+    torch.manual_seed(seed)
+    model_parallel_cuda_manual_seed(seed, force_reset_rng=True)
 
 
 def destroy_distributed() -> None:

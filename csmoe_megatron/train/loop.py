@@ -33,6 +33,8 @@ from .data_setup import (build_run_datasets, check_tokenizer_matches_checkpoint,
                          copy_tokenizer_to_run, resolve_tokenizer_and_prefixes)
 from .distributed import destroy_distributed, init_distributed, is_logging_rank, launch_world_size
 from .flops import flops_per_token, parameter_counts, peak_tflops
+from .layout import changes as layout_changes
+from .layout import current_layout
 from .logger import RunLogger
 from .moe_logging import MoEMetricsLogger
 from .optim import build_optimizer
@@ -92,12 +94,17 @@ def _train(cfg: ExperimentConfig, stop_signal: StopSignal) -> dict:
     step, consumed, progress = 0, 0, {}
     ckpt_root = run_dir / "checkpoints"
     latest = ckpt.latest_checkpoint(ckpt_root, log.info) if cfg.checkpoint.resume else None
+    layout = current_layout(cfg, dist.get_world_size())
     if latest is not None:
         check_tokenizer_matches_checkpoint(tokenizer, latest)
         with _known_load_deprecations_silenced():
-            progress = ckpt.load_checkpoint(latest, chunks, optimizer, scheduler)
+            progress = ckpt.load_checkpoint(latest, chunks, optimizer, scheduler, layout, t.seed)
         step, consumed = progress["step"], progress["consumed_samples"]
         log.info(f"resumed from {latest} at step {step}")
+        changed = layout_changes(progress.get("layout", layout), layout)
+        if changed:
+            log.info(f"resumed on another layout ({', '.join(changed)}): model and optimizer "
+                     f"state resharded; RNG re-seeded from train.seed and the step")
     # Written once the run is sure to start, naming the checkpoint it resumed from.
     if rank == 0:
         save_config(cfg, run_dir / "config.yaml")
@@ -187,7 +194,7 @@ def _train(cfg: ExperimentConfig, stop_signal: StopSignal) -> dict:
                 ckpt.save_checkpoint(ckpt_root, step, chunks, optimizer, scheduler,
                                      {"step": step,
                                       "consumed_samples": train_iters[0].consumed_samples,
-                                      "moe_logging": moe_log.state_dict()},
+                                      "moe_logging": moe_log.state_dict(), "layout": layout},
                                      cfg.checkpoint.keep_last, run_dir / "tokenizer")
             log.info(f"saved checkpoint at step {step}")
         if stop_now:
