@@ -26,7 +26,7 @@ def write_hf_tokenizer(tokenizer_dir: Path, output: Path) -> None:
     """Write tokenizer.json, tokenizer_config.json, special_tokens_map.json and tokenizer.model
     into `output` (needs transformers: the hf extra)."""
     from tokenizers import Tokenizer
-    from transformers import LlamaTokenizer, PreTrainedTokenizerFast
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
     from csmoe_tokenizer.model import load_tokenizer
 
@@ -35,7 +35,11 @@ def write_hf_tokenizer(tokenizer_dir: Path, output: Path) -> None:
     staging.mkdir(parents=True)
     try:
         shutil.copyfile(ours.model_path, staging / "tokenizer.model")
-        converted = LlamaTokenizer(vocab_file=str(staging / "tokenizer.model"))
+        # transformers converts a Llama-style SentencePiece BPE model on loading.
+        (staging / "tokenizer_config.json").write_text(json.dumps(
+            {"tokenizer_class": "LlamaTokenizer", "add_bos_token": False,
+             "add_eos_token": False, "legacy": False}))
+        converted = AutoTokenizer.from_pretrained(str(staging))
         spec = json.loads(converted.backend_tokenizer.to_str())
     finally:
         shutil.rmtree(staging)
