@@ -84,10 +84,12 @@ def test_import_gives_back_the_main_job_checkpoint_bit_for_bit(main_job, importe
 
 
 def test_a_run_starts_from_the_imported_weights_on_another_layout(imported, tmp_path):
-    """lr 0: the saved weights are the imported ones, loaded onto EP=1 in one process."""
+    """A step of lr 1e-30 (below every weight's last bit) and no weight decay: the saved
+    weights are the imported ones, loaded onto EP=1 in one process."""
     from csmoe_megatron.inference.load import load_checkpoint_model, single_process
 
-    run_trainer(1, tmp_path, ["train.steps=1", "train.lr=0", "train.min_lr=0",
+    run_trainer(1, tmp_path, ["train.steps=1", "train.lr=1e-30", "train.min_lr=1e-30",
+                              "train.weight_decay=0",
                               "parallel.expert=1", "train.global_batch_size=4",
                               "train.eval_interval=0", "logging.routing_images_interval=0",
                               "logging.tensorboard=false", f"checkpoint.init_from={imported}",
