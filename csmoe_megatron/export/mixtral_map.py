@@ -104,7 +104,8 @@ def megatron_to_mixtral(state: dict[str, torch.Tensor], cfg: ExperimentConfig) -
             out[moe_dst + "w1.weight"] = fc1[:ffn]  # SwiGLU gate: silu(x W1) * (x W3)
             out[moe_dst + "w3.weight"] = fc1[ffn:]
             out[moe_dst + "w2.weight"] = state[expert + "linear_fc2.weight"]
-    return {name: tensor.contiguous().clone() for name, tensor in out.items()}
+    # Own host copies: safetensors refuses tensors that share storage (w1/w3 halves of fc1).
+    return {name: t.detach().to("cpu", copy=True).contiguous() for name, t in out.items()}
 
 
 def mixtral_to_megatron(hf: dict[str, torch.Tensor], cfg: ExperimentConfig) -> dict:

@@ -111,9 +111,15 @@ def single_process(seed: int = 1234):
 
         parallel_state.initialize_model_parallel()
         model_parallel_cuda_manual_seed(seed, force_reset_rng=True)  # dropout streams (off)
+    # megatron's process-wide MoE loss-logging tracker sizes its tensors by the first model's
+    # layer count; a later model of another depth in this process would index past them.
+    from megatron.core.transformer.moe.moe_utils import get_moe_layer_wise_logging_tracker
+
+    get_moe_layer_wise_logging_tracker().clear()
     try:
         yield
     finally:
+        get_moe_layer_wise_logging_tracker().clear()
         if owns_state:
             parallel_state.destroy_model_parallel()
         if created:
