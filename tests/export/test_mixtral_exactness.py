@@ -1,5 +1,7 @@
-"""Export to transformers' Mixtral and import back, exactly, from checkpoints saved on EP=2,
-TP=2 and PP=2 (tiny CompeteSMoE models trained two steps; GQA; the PP run unties embeddings)."""
+"""Export to transformers' Mixtral and import back, exactly, from a checkpoint saved on TP=2
+with sequence parallelism (a tiny CompeteSMoE model trained two steps, GQA, untied embeddings),
+and the refusals. EP=2 and PP=2 checkpoints of the README's main-job model are exported and
+imported the same way in tests/inference/test_main_job_tools.py (one training run each)."""
 
 from __future__ import annotations
 
@@ -14,8 +16,8 @@ MODEL = ["model.num_layers=2", "model.hidden_size=32", "model.num_attention_head
          "model.num_query_groups=2", "model.moe.num_experts=4", "model.moe.top_k=2",
          "model.moe.ffn_hidden_size=48", "model.seq_length=32", "model.moe.router=competesmoe",
          "train.steps=2", "train.global_batch_size=4", "checkpoint.save_at_end=true"]
-LAYOUTS = {"ep2": ["parallel.expert=2"], "tp2": ["parallel.tensor=2", "parallel.sequence_parallel=true"],
-           "pp2": ["parallel.pipeline=2", "model.untie_embeddings=true"]}
+LAYOUTS = {"tp2": ["parallel.tensor=2", "parallel.sequence_parallel=true",
+                   "model.untie_embeddings=true"]}
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +57,7 @@ def test_transformers_logits_on_the_export_equal_ours(layout, runs, exports):
     tokens = torch.randint(0, 128, (2, 32), generator=torch.Generator().manual_seed(7))
     ours = _our_logits(runs[layout], tokens)
     hf = MixtralForCausalLM.from_pretrained(exports[layout], dtype=torch.float32).eval()
-    assert hf.config.tie_word_embeddings is (layout != "pp2")
+    assert hf.config.tie_word_embeddings is False
     with torch.no_grad():
         theirs = hf(tokens).logits
     assert theirs.shape == ours.shape == (2, 32, 128)
@@ -86,11 +88,11 @@ def test_import_refuses_a_config_that_describes_another_model(runs, exports, tmp
     from csmoe_megatron.config import ConfigError, load_config, save_config
     from csmoe_megatron.export.hf_import import import_hf
 
-    cfg = load_config(runs["ep2"] / "config.yaml")
+    cfg = load_config(runs["tp2"] / "config.yaml")
     cfg.model.num_layers, cfg.model.moe.num_experts = 3, 8
     save_config(cfg, tmp_path / "other.yaml")
     with pytest.raises(ConfigError, match="num_hidden_layers=2 .*num_local_experts=4"):
-        import_hf(exports["ep2"], tmp_path / "other.yaml", tmp_path / "ckpt")
+        import_hf(exports["tp2"], tmp_path / "other.yaml", tmp_path / "ckpt")
     assert not (tmp_path / "ckpt").exists() and not (tmp_path / "ckpt.partial").exists()
 
 

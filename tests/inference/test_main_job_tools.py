@@ -1,6 +1,8 @@
 """Export, import, eval and generate on the output of the README's main job
 (configs/cpu_tiny.yaml: 4 layers, 8 experts, EP=2, default corpus and its tokenizer), shortened
-to two steps, and a run that starts from the imported checkpoint (checkpoint.init_from)."""
+to two steps; then a PP=2 run that starts from the imported checkpoint (checkpoint.init_from),
+whose checkpoint is exported and imported again: the exactness tests on EP=2 and PP=2
+checkpoints (TP=2: tests/export/test_mixtral_exactness.py)."""
 
 from __future__ import annotations
 
@@ -83,20 +85,49 @@ def test_import_gives_back_the_main_job_checkpoint_bit_for_bit(main_job, importe
         _tokenizer(main_job).metadata["model_sha256"]
 
 
-def test_a_run_starts_from_the_imported_weights_on_another_layout(imported, tmp_path):
-    """A step of lr 1e-30 (below every weight's last bit) and no weight decay: the saved
-    weights are the imported ones, loaded onto EP=1 in one process."""
+@pytest.fixture(scope="module")
+def pp2_from_import(imported, tmp_path_factory):
+    """One step of lr 1e-30 (below every weight's last bit) without weight decay, on PP=2 EP=1:
+    its checkpoint holds the imported weights, saved on another layout."""
+    run_dir = tmp_path_factory.mktemp("pp2")
+    run_trainer(2, run_dir, ["train.steps=1", "train.lr=1e-30", "train.min_lr=1e-30",
+                             "train.weight_decay=0", "parallel.expert=1", "parallel.pipeline=2",
+                             "train.global_batch_size=4", "train.eval_interval=0",
+                             "logging.routing_images_interval=0", "logging.tensorboard=false",
+                             f"checkpoint.init_from={imported}"])
+    return run_dir
+
+
+def _tensors(checkpoint) -> dict:
     from csmoe_megatron.inference.load import load_checkpoint_model, single_process
 
-    run_trainer(1, tmp_path, ["train.steps=1", "train.lr=1e-30", "train.min_lr=1e-30",
-                              "train.weight_decay=0",
-                              "parallel.expert=1", "train.global_batch_size=4",
-                              "train.eval_interval=0", "logging.routing_images_interval=0",
-                              "logging.tensorboard=false", f"checkpoint.init_from={imported}"])
     with single_process():
-        a = load_checkpoint_model(imported).model.state_dict()
-        b = load_checkpoint_model(tmp_path).model.state_dict()
-    assert all(torch.equal(a[k], b[k]) for k, v in a.items() if isinstance(v, torch.Tensor))
+        state = load_checkpoint_model(checkpoint).model.state_dict()
+    return {k: v.clone() for k, v in state.items() if isinstance(v, torch.Tensor)}
+
+
+def test_a_run_starts_from_the_imported_weights_on_another_layout(imported, pp2_from_import):
+    a, b = _tensors(imported), _tensors(pp2_from_import)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_pp2_checkpoint_exports_and_imports_exactly(pp2_from_import, tmp_path):
+    from transformers import MixtralForCausalLM
+
+    from csmoe_megatron.export.hf_export import export_hf
+    from csmoe_megatron.export.hf_import import import_hf
+    from csmoe_megatron.inference.load import load_checkpoint_model, single_process
+
+    out = export_hf(pp2_from_import, tmp_path / "hf", say=lambda _: None)
+    tokens = torch.randint(0, 4000, (2, 40), generator=torch.Generator().manual_seed(3))
+    hf = MixtralForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    with single_process(), torch.no_grad():
+        model = load_checkpoint_model(pp2_from_import).model
+        ours = model(tokens, torch.arange(40).unsqueeze(0).expand(2, -1), None)
+        assert (hf(tokens).logits - ours).abs().max().item() < 1e-4
+    back = import_hf(out, pp2_from_import / "config.yaml", tmp_path / "ckpt", say=lambda _: None)
+    a, b = _tensors(pp2_from_import), _tensors(back)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_eval_reports_the_loss_transformers_computes_on_the_same_windows(main_job, exported,
