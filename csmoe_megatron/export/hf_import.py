@@ -19,7 +19,7 @@ import torch
 from ..config import load_config, save_config
 from ..config.load import ConfigError
 from ..config.megatron import transformer_config
-from ..inference.load import CONFIG_FILE, build_single_model, single_process
+from ..inference.load import CONFIG_FILE, build_single_model, one_process_config, single_process
 from . import mixtral_map
 from .hf_export import INDEX, check_output, require_hf
 
@@ -87,8 +87,9 @@ def import_hf(model_dir: str | Path, config: str | Path, output: str | Path, say
         raise ConfigError(f"config model.vocab_size={cfg.model.vocab_size} but the Mixtral "
                           f"model has vocab_size={vocab}: set model.vocab_size={vocab}")
     cfg.model.vocab_size = vocab  # the checkpoint's vocabulary, padded as exported
-    problems = mixtral_map.unsupported_features(cfg, transformer_config(cfg, use_cpu=True))
-    problems += mixtral_map.config_agreement(hf_config, cfg, vocab)
+    tconfig = transformer_config(one_process_config(cfg), use_cpu=True)
+    problems = mixtral_map.unsupported_features(cfg, tconfig)
+    problems += mixtral_map.config_agreement(hf_config, cfg, vocab, tconfig.layernorm_epsilon)
     if problems:
         raise ConfigError(f"--config {config} does not describe the model in {model_dir}: "
                           + "; ".join(problems) + ". Fix the config's model section")

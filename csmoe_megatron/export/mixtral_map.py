@@ -196,8 +196,8 @@ def mixtral_config(cfg: ExperimentConfig, tconfig, vocab_size: int, special_ids:
     }
 
 
-# config.json key -> (our dotted key, how to read ours from cfg): what import checks agree.
-def config_agreement(hf: dict, cfg: ExperimentConfig, vocab_size: int) -> list[str]:
+def config_agreement(hf: dict, cfg: ExperimentConfig, vocab_size: int,
+                     norm_eps: float) -> list[str]:
     """Differences between a Mixtral config.json and our config's model (empty: they agree)."""
     m = cfg.model
     groups, _, head_dim = _qkv_sizes(cfg)
@@ -219,6 +219,8 @@ def config_agreement(hf: dict, cfg: ExperimentConfig, vocab_size: int) -> list[s
     theta = hf.get("rope_theta", (hf.get("rope_parameters") or {}).get("rope_theta"))
     if theta is not None and float(theta) != float(m.rotary_base):
         found.append(f"rope_theta={theta} but model.rotary_base={m.rotary_base}")
+    if float(hf.get("rms_norm_eps", norm_eps)) != norm_eps:
+        found.append(f"rms_norm_eps={hf['rms_norm_eps']} but our RMSNorm uses {norm_eps}")
     if hf.get("hidden_act", "silu") != "silu":
         found.append(f"hidden_act={hf['hidden_act']!r} (only silu/SwiGLU imports)")
     return found
