@@ -114,6 +114,7 @@ def import_hf(model_dir: str | Path, config: str | Path, output: str | Path, say
     if output.exists():
         output.rmdir()
     partial.rename(output)
-    say(f"imported {model_dir} into {output} (model weights{' and tokenizer' if has_tokenizer else ''}"
-        f"); train from it with checkpoint.init_from={output}")
+    what = "model weights and tokenizer" if has_tokenizer else "model weights"
+    say(f"imported {model_dir} into {output} ({what}); train from it with "
+        f"checkpoint.init_from={output}")
     return output

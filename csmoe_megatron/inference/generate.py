@@ -45,7 +45,8 @@ def hf_model_of(checkpoint):
 
 @torch.no_grad()
 def generate_ids(model, prompt_ids: list[int], max_new_tokens: int, eos_id: int | None,
-                 top_p: float | None = None, temperature: float = 1.0, seed: int = 1234) -> list[int]:
+                 top_p: float | None = None, temperature: float = 1.0,
+                 seed: int = 1234) -> list[int]:
     """The new token ids (KV-cached decoding); greedy when top_p is None."""
     inputs = torch.tensor([prompt_ids], dtype=torch.long)
     sampling = {"do_sample": False}

@@ -162,7 +162,8 @@ def build_single_model(cfg: ExperimentConfig, vocab_size: int) -> torch.nn.Modul
     from ..model import build_model_chunks, fast_paths, unwrap
 
     one = one_process_config(cfg)
-    tconfig = transformer_config(one, use_cpu=compat.is_installed(), fast_paths=fast_paths.resolve(one))
+    tconfig = transformer_config(one, use_cpu=compat.is_installed(),
+                                 fast_paths=fast_paths.resolve(one))
     model = unwrap(build_model_chunks(one, tconfig, vocab_size, use_te=False)[0])
     return model.eval()
 
@@ -177,8 +178,10 @@ def load_model_state(model: torch.nn.Module, ckpt: Path) -> None:
     verify_model_files(ckpt)
     with warnings.catch_warnings():  # megatron 0.16's own torch deprecations, nothing to act on
         warnings.filterwarnings("ignore", category=FutureWarning)
+        # Only the model is asked for: the optimizer state beside it is left unread.
         loaded = dist_checkpointing.load({"model": model.sharded_state_dict()}, str(ckpt),
-                                         common_strategy=SafeCommonLoadStrategy(), strict="assume_ok_unexpected")
+                                         common_strategy=SafeCommonLoadStrategy(),
+                                         strict="assume_ok_unexpected")
     model.load_state_dict(loaded["model"])
 
 
