@@ -101,9 +101,11 @@ def single_process(seed: int = 1234):
     compat.quiet_expected_warnings()
     cpu = compat.install()
     created = not dist.is_initialized()
-    if created:
-        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
-                          MASTER_PORT=str(_free_port()))
+    env = {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1"}
+    saved_env = {name: os.environ.get(name) for name in (*env, "MASTER_PORT")}
+    if created:  # the env:// rendezvous of a one-rank group; put back afterwards (callers that
+        # look at RANK/WORLD_SIZE, like csmoe-train's worker check, must not see it)
+        os.environ.update(env, MASTER_PORT=str(_free_port()))
         dist.init_process_group("gloo" if cpu else "nccl")
     owns_state = not parallel_state.model_parallel_is_initialized()
     if owns_state:
@@ -124,6 +126,11 @@ def single_process(seed: int = 1234):
             parallel_state.destroy_model_parallel()
         if created:
             dist.destroy_process_group()
+            for name, value in saved_env.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
 
 
 def one_process_config(cfg: ExperimentConfig) -> ExperimentConfig:
