@@ -28,8 +28,8 @@ from ..device import current_device
 from ..model import build_model_chunks, fast_paths, padded_vocab_size
 from ..moe import context as moe_context
 from . import checkpoint as ckpt
-from .checkpoint_init import init_from_checkpoint
 from . import ddp
+from .checkpoint_init import init_from_checkpoint
 from .data_setup import (build_run_datasets, check_tokenizer_matches_checkpoint,
                          copy_tokenizer_to_run, resolve_tokenizer_and_prefixes)
 from .distributed import destroy_distributed, init_distributed, is_logging_rank, launch_world_size
