@@ -57,6 +57,9 @@ def check_inputs(cfg: ExperimentConfig, world_size: int | None = None) -> None:
         _check_resume_tokenizer(cfg)
     if world_size is not None:
         _check_resume_layout(cfg, world_size)
+    if cfg.checkpoint.init_from and not Path(cfg.checkpoint.init_from).is_dir():
+        raise ConfigError(f"checkpoint.init_from={cfg.checkpoint.init_from} is not a directory: "
+                          f"give a csmoe-import output, a checkpoint or a run directory")
     _check_writable("run.dir", Path(cfg.run.dir))
     checkpoints = Path(cfg.run.dir) / "checkpoints"
     if checkpoints.exists():

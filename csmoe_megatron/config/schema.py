@@ -179,6 +179,9 @@ class CheckpointConfig:
     resume: bool = True  # resume from <run.dir>/checkpoints/latest when present
     keep_last: int = 2  # older checkpoints are removed (only ones this run family wrote)
     save_at_end: bool = True  # a checkpoint after the last step
+    # Start from these model weights (csmoe-import output, or a checkpoint/run dir of any
+    # layout) with a fresh optimizer at step 0; unused when the run resumes its own checkpoint.
+    init_from: Optional[str] = None
 
 
 @dataclass

@@ -29,6 +29,7 @@ from ..model import build_model_chunks, fast_paths, padded_vocab_size
 from ..moe import context as moe_context
 from . import checkpoint as ckpt
 from . import ddp
+from .checkpoint_init import init_from_checkpoint
 from .data_setup import (build_run_datasets, check_tokenizer_matches_checkpoint,
                          copy_tokenizer_to_run, resolve_tokenizer_and_prefixes)
 from .distributed import destroy_distributed, init_distributed, is_logging_rank, launch_world_size
@@ -105,6 +106,10 @@ def _train(cfg: ExperimentConfig, stop_signal: StopSignal) -> dict:
         if changed:
             log.info(f"resumed on another layout ({', '.join(changed)}): model and optimizer "
                      f"state resharded; RNG re-seeded from train.seed and the step")
+    elif cfg.checkpoint.init_from:
+        with _known_load_deprecations_silenced():
+            source = init_from_checkpoint(cfg.checkpoint.init_from, chunks, optimizer, cfg, vocab)
+        log.info(f"model weights from {source} (checkpoint.init_from); optimizer fresh, step 0")
     # Written once the run is sure to start, naming the checkpoint it resumed from.
     if rank == 0:
         save_config(cfg, run_dir / "config.yaml")

@@ -1,0 +1,2 @@
+"""Hugging Face export and import: transformers Mixtral <-> our checkpoints (csmoe-export,
+csmoe-import)."""
