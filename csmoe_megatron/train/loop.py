@@ -32,6 +32,7 @@ from . import ddp
 from .data_setup import (build_run_datasets, check_tokenizer_matches_checkpoint,
                          copy_tokenizer_to_run, resolve_tokenizer_and_prefixes)
 from .distributed import destroy_distributed, init_distributed, is_logging_rank, launch_world_size
+from .heldout import build_heldout_sets, evaluate_windows, finish_with_heldout
 from .flops import flops_per_token, parameter_counts, peak_tflops
 from .logger import RunLogger
 from .moe_logging import MoEMetricsLogger
@@ -79,6 +80,7 @@ def _train(cfg: ExperimentConfig, stop_signal: StopSignal) -> dict:
                          f"({tokenizer.vocab_size}); remove model.vocab_size to size it from the "
                          f"tokenizer")
     train_ds, valid_ds, _ = build_run_datasets(cfg, tokenizer, prefixes, steps, run_dir)
+    heldout = build_heldout_sets(cfg, tokenizer)  # data.valid_prefixes / test_prefixes
 
     # Model, optimizer.
     fast = fast_paths.resolve(cfg)
@@ -121,6 +123,7 @@ def _train(cfg: ExperimentConfig, stop_signal: StopSignal) -> dict:
 
     metrics: dict = {}
     first_step, train_time = step, 0.0
+    earlier_train_time = float(progress.get("train_time_s", 0.0))  # of the launches resumed
     while step < steps:
         start = time.time()
         moe_context.set_step(step)
@@ -159,6 +162,7 @@ def _train(cfg: ExperimentConfig, stop_signal: StopSignal) -> dict:
                    "tokens_per_s": tokens_per_step / elapsed, "step_time_s": elapsed,
                    # Average since this launch began, over training steps only (no eval/saves).
                    "tokens_per_s_avg": (step - first_step) * tokens_per_step / train_time,
+                   "train_time_s": earlier_train_time + train_time,  # all launches, steps only
                    "consumed_samples": train_iters[0].consumed_samples}
         if peak is not None:
             metrics["tflops"] = model_flops / elapsed / dist.get_world_size() / 1e12
@@ -168,8 +172,14 @@ def _train(cfg: ExperimentConfig, stop_signal: StopSignal) -> dict:
         evaluated = t.eval_interval > 0 and (step % t.eval_interval == 0 or step == steps)
         if evaluated:
             with ddp.params_gathered(chunks):
-                metrics.update(evaluate(cfg, chunks, valid_ds, dp_rank, dp_size, num_micro,
-                                        fwd_bwd))
+                if "valid" in heldout:  # the first eval_iters batches of the held-out set
+                    nats, tokens = evaluate_windows(cfg, chunks, heldout["valid"], dp_rank,
+                                                    dp_size, num_micro, fwd_bwd, t.eval_iters)
+                    val = nats / max(tokens, 1.0)
+                    metrics.update({"val_loss": val, "val_ppl": math.exp(min(val, 50.0))})
+                else:
+                    metrics.update(evaluate(cfg, chunks, valid_ds, dp_rank, dp_size, num_micro,
+                                            fwd_bwd))
         stop_now = stop_requested or (
             t.exit_after_steps is not None and step - first_step >= t.exit_after_steps)
         interval = cfg.checkpoint.save_interval
@@ -187,6 +197,7 @@ def _train(cfg: ExperimentConfig, stop_signal: StopSignal) -> dict:
                 ckpt.save_checkpoint(ckpt_root, step, chunks, optimizer, scheduler,
                                      {"step": step,
                                       "consumed_samples": train_iters[0].consumed_samples,
+                                      "train_time_s": earlier_train_time + train_time,
                                       "moe_logging": moe_log.state_dict()},
                                      cfg.checkpoint.keep_last, run_dir / "tokenizer")
             log.info(f"saved checkpoint at step {step}")
@@ -194,6 +205,11 @@ def _train(cfg: ExperimentConfig, stop_signal: StopSignal) -> dict:
             log.info(f"stopping early (signal or train.exit_after_steps): checkpoint saved at "
                      f"step {step}; rerun the same command to resume")
             break
+    if step >= steps:  # finished: whole held-out sets, final_eval.json
+        with ddp.params_gathered(chunks):
+            metrics.update(finish_with_heldout(
+                cfg, chunks, heldout, tokenizer, dp_rank, dp_size, num_micro, fwd_bwd, log,
+                step, earlier_train_time + train_time, metrics))
     log.close()
     if log.enabled:  # the logging rank, which wrote metrics.jsonl
         write_loss_curve(run_dir)
