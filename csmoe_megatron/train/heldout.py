@@ -89,7 +89,7 @@ FINAL_EVAL_FILE = "final_eval.json"
 
 
 def finish_with_heldout(cfg, chunks, sets: dict, tokenizer, dp_rank, dp_size, num_micro, fwd_bwd,
-                        log, step: int, train_time_s: float, last_metrics: dict) -> dict:
+                        log, step: int, timed: dict, last_metrics: dict) -> dict:
     """At the end of a finished run: evaluate the held-out sets whole, log the numbers (one
     metrics.jsonl / TensorBoard record at the last step) and write <run.dir>/final_eval.json,
     the marker that the run is complete (csmoe-ab skips such runs). A relaunch of a finished
@@ -106,7 +106,7 @@ def finish_with_heldout(cfg, chunks, sets: dict, tokenizer, dp_rank, dp_size, nu
         log.info("held-out: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
                                           for k, v in out.items()))
     if log.enabled:
-        record = {"step": step, "steps": step, "train_time_s": train_time_s,
+        record = {"step": step, "steps": step, **timed,
                   "tokens": step * cfg.train.global_batch_size * cfg.model.seq_length, **out}
         for key in ("val_loss", "tokens_per_s_avg"):
             if key in last_metrics:

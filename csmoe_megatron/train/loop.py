@@ -123,7 +123,10 @@ def _train(cfg: ExperimentConfig, stop_signal: StopSignal) -> dict:
 
     metrics: dict = {}
     first_step, train_time = step, 0.0
-    earlier_train_time = float(progress.get("train_time_s", 0.0))  # of the launches resumed
+    # Training time over all launches, each launch's first step left out (one-off compilation
+    # and allocation): what tokens/s and equal-time comparisons between runs should see.
+    timed = {"train_time_s": float(progress.get("train_time_s", 0.0)),
+             "timed_steps": int(progress.get("timed_steps", 0))}
     while step < steps:
         start = time.time()
         moe_context.set_step(step)
@@ -162,7 +165,7 @@ def _train(cfg: ExperimentConfig, stop_signal: StopSignal) -> dict:
                    "tokens_per_s": tokens_per_step / elapsed, "step_time_s": elapsed,
                    # Average since this launch began, over training steps only (no eval/saves).
                    "tokens_per_s_avg": (step - first_step) * tokens_per_step / train_time,
-                   "train_time_s": earlier_train_time + train_time,  # all launches, steps only
+                   **_timed(timed, step - first_step, elapsed),
                    "consumed_samples": train_iters[0].consumed_samples}
         if peak is not None:
             metrics["tflops"] = model_flops / elapsed / dist.get_world_size() / 1e12
@@ -197,7 +200,7 @@ def _train(cfg: ExperimentConfig, stop_signal: StopSignal) -> dict:
                 ckpt.save_checkpoint(ckpt_root, step, chunks, optimizer, scheduler,
                                      {"step": step,
                                       "consumed_samples": train_iters[0].consumed_samples,
-                                      "train_time_s": earlier_train_time + train_time,
+                                      **timed,
                                       "moe_logging": moe_log.state_dict()},
                                      cfg.checkpoint.keep_last, run_dir / "tokenizer")
             log.info(f"saved checkpoint at step {step}")
@@ -209,11 +212,18 @@ def _train(cfg: ExperimentConfig, stop_signal: StopSignal) -> dict:
         with ddp.params_gathered(chunks):
             metrics.update(finish_with_heldout(
                 cfg, chunks, heldout, tokenizer, dp_rank, dp_size, num_micro, fwd_bwd, log,
-                step, earlier_train_time + train_time, metrics))
+                step, timed, metrics))
     log.close()
     if log.enabled:  # the logging rank, which wrote metrics.jsonl
         write_loss_curve(run_dir)
     return metrics
+
+
+def _timed(timed: dict, steps_this_launch: int, elapsed: float) -> dict:
+    if steps_this_launch > 1:
+        timed["train_time_s"] += elapsed
+        timed["timed_steps"] += 1
+    return dict(timed)
 
 
 def evaluate(cfg, chunks, valid_ds, dp_rank, dp_size, num_micro, fwd_bwd) -> dict:
