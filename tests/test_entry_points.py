@@ -28,7 +28,7 @@ def _run(main, argv, capsys) -> tuple[int, str, str]:
 def test_every_console_script_prints_the_versions(capsys):
     scripts = _console_scripts()
     assert set(scripts) == {"csmoe-train", "csmoe-tokenizer", "csmoe-bench", "csmoe-ab",
-                            "csmoe-check"}
+                            "csmoe-sweep", "csmoe-check"}
     expected = (f"csmoe-megatron {__version__} (megatron-core {metadata.version('megatron-core')}, "
                 f"torch {metadata.version('torch')})\n")
     for name, entry in scripts.items():

@@ -31,9 +31,10 @@ class HeldoutWindows:
         for prefix in prefixes:
             data = IndexedDataset(str(prefix), mmap=True)
             count = int(data.index.sequence_lengths.sum())
-            parts.append(numpy.asarray(data.bin_reader.read(data.index.dtype, count, 0)))
-        self.stream = numpy.concatenate(parts).astype(numpy.int64) if parts else \
-            numpy.zeros(0, numpy.int64)
+            # A copy now: the memory map closes with `data`.
+            parts.append(numpy.array(data.bin_reader.read(data.index.dtype, count, 0),
+                                     dtype=numpy.int64))
+        self.stream = numpy.concatenate(parts) if parts else numpy.zeros(0, numpy.int64)
         self.seq_length = seq_length
         self.pad_id = pad_id
         self.num_targets = max(len(self.stream) - 1, 0)
