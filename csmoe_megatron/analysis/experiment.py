@@ -165,7 +165,10 @@ def slurm_array_script(config: str, runs: list[Run], repo: Path, out: Path,
              "#SBATCH --open-mode=append", "#SBATCH --requeue", "#SBATCH --signal=B:USR1@300",
              *[f"#SBATCH {opt}" for opt in sbatch_options],
              "# Written by csmoe-ab/csmoe-sweep --slurm: task i trains run i below.",
-             "set -euo pipefail", "case \"$SLURM_ARRAY_TASK_ID\" in"]
+             "set -euo pipefail",
+             # train.sbatch finds node.sh under CSMOE_ROOT (default: the submit directory).
+             f"export CSMOE_ROOT=${{CSMOE_ROOT:-{shlex.quote(str(repo))}}}",
+             "case \"$SLURM_ARRAY_TASK_ID\" in"]
     for i, run in enumerate(runs):
         args = " ".join(shlex.quote(a) for a in (str(config), *run.overrides))
         lines.append(f"  {i}) args=({args}) ;;  # {run.arm} seed {run.seed}")

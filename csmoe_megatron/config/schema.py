@@ -174,7 +174,7 @@ class DataConfig:
     # at the end of training every token of each set is evaluated once (loss, perplexity,
     # bits per byte) into metrics.jsonl, TensorBoard and <run.dir>/final_eval.json.
     valid_prefixes: list = field(default_factory=list)
-    test_prefixes: list = field(default_factory=list)
+    test_prefixes: list = field(default_factory=list)  # as valid_prefixes; only evaluated at the end
 
 
 @dataclass

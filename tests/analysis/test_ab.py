@@ -2,6 +2,8 @@
 on a held-out file; the runs are shared by every test here (one module fixture)."""
 
 import json
+import os
+import subprocess
 
 import pytest
 
@@ -78,6 +80,12 @@ def test_slurm_dry_run_writes_an_array_of_the_unfinished_runs(ab, tmp_path):
     assert "launch/slurm/train.sbatch" in script and "train.seed=2" in script
     assert f"run.dir={tmp_path}/topk/seed2" in script
     assert "--dependency=afterany:JOBID" in proc.stdout and "--report-only" in proc.stdout
+    # Task 3 hands its run's arguments to train.sbatch (the exec shown instead of run).
+    shown = script.replace("exec bash", "printf '%s\\n'")
+    task = subprocess.run(["bash", "-c", shown], env={**os.environ, "SLURM_ARRAY_TASK_ID": "3"},
+                          capture_output=True, text=True, check=True).stdout.splitlines()
+    assert task[0].endswith("launch/slurm/train.sbatch") and task[1] == "configs/cpu_tiny.yaml"
+    assert task[-1] == f"run.dir={tmp_path}/topk/seed2" and "model.moe.router=topk" in task
     # Nothing to run: only the report command is printed.
     done = run_tool("csmoe_megatron.analysis.ab", [*args, "--slurm", "--dry-run"])
     assert "sbatch --parsable" not in done.stdout and "--report-only" in done.stdout
