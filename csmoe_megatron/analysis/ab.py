@@ -47,7 +47,8 @@ def run_campaign(args, config: str, runs: list[Run], baseline: str, out: Path, p
     out.mkdir(parents=True, exist_ok=True)
     command = " ".join(shlex.quote(a) for a in (prog, *argv))
     if args.slurm and not args.report_only:
-        report_cmd = [sys.executable, "-m", module, *[a for a in argv if a != "--slurm"],
+        report_cmd = [sys.executable, "-m", module,
+                      *[a for a in argv if a not in ("--slurm", "--dry-run")],
                       "--report-only"]
         return _submit(args, config, runs, out, report_cmd)
     if not args.report_only:

@@ -89,7 +89,9 @@ def _config_path(spec: dict, sweep_file: Path) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="csmoe-sweep", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="csmoe-sweep", description=__doc__.split("\n\n")[0],
+                                epilog=__doc__.split("\n\n", 1)[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("sweep", type=Path, help="SWEEP.yaml")
     add_version_argument(p)
     add_campaign_arguments(p)
