@@ -3,7 +3,8 @@
 loss_curves.png: training loss and periodic validation loss against training tokens (equal
 tokens) and validation loss against training time (equal time); per arm the mean over seeds
 as a line and the band between the lowest and highest seed. final_loss.png: each seed's final
-loss and the mean with its 95% interval, per arm.
+loss and the mean with its 95% interval per arm, and the same for the paired per-seed
+differences against the baseline arm.
 """
 
 from __future__ import annotations
@@ -68,23 +69,34 @@ def write_plots(data: dict, report: dict, out: Path) -> list[str]:
     fig.savefig(out / "loss_curves.png", dpi=110)
     plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(1.8 + 1.6 * len(arms), 4.5))
+    fig, (ax, dax) = plt.subplots(1, 2, figsize=(3 + 3.2 * len(arms), 4.5))
+    base = report["baseline"]
+    labelled = set()
     for i, arm in enumerate(arms):
         e = report["arms"][arm]
-        values = [e["final_loss_by_seed"][s] for s in e["seeds"]]
-        ax.scatter([i] * len(values), values, color=colors[arm], alpha=0.6, label="per seed"
-                   if i == 0 else None)
-        stat = e["final_loss"]
-        err = stat["ci95_half_width"] if stat["n"] > 1 else 0.0
-        ax.errorbar([i + 0.15], [stat["mean"]], yerr=[err], fmt="o", color="black", capsize=5,
-                    label="mean ± 95% CI" if i == 0 else None)
-    ax.set_xticks(range(len(arms)), arms)
-    ax.set_xlabel("arm")
+        for axis, values, stat in (
+                (ax, [e["final_loss_by_seed"][s] for s in e["seeds"]], e["final_loss"]),
+                (dax, e["vs_baseline"]["differences"], e["vs_baseline"])):
+            if arm == base and axis is dax:
+                continue
+            first = axis not in labelled  # one legend entry per kind and panel
+            labelled.add(axis)
+            axis.scatter([i] * len(values), values, color=colors[arm], alpha=0.6,
+                         label="per seed" if first else None)
+            err = stat["ci95_half_width"] if stat["n"] > 1 else 0.0
+            axis.errorbar([i + 0.15], [stat["mean"]], yerr=[err], fmt="o", color="black",
+                          capsize=5, label="mean ± 95% CI (t)" if first else None)
     ax.set_ylabel("final held-out loss" if report["metric"] == "final_valid_loss"
                   else "final validation loss")
     ax.set_title("Final loss per arm")
-    ax.grid(alpha=0.3, axis="y")
-    ax.legend(fontsize=8)
+    dax.axhline(0.0, color="gray", linewidth=1)
+    dax.set_ylabel(f"final loss minus {base}'s, same seed")
+    dax.set_title(f"Paired difference vs {base} (below 0: better)")
+    for axis in (ax, dax):
+        axis.set_xticks(range(len(arms)), arms)
+        axis.set_xlabel("arm")
+        axis.grid(alpha=0.3, axis="y")
+        axis.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "final_loss.png", dpi=110)
     plt.close(fig)
