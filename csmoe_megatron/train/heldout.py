@@ -66,6 +66,16 @@ def evaluate_windows(cfg, chunks, windows, dp_rank: int, dp_size: int, num_micro
     return nats, tokens
 
 
+def periodic_heldout_metrics(cfg, chunks, windows, dp_rank: int, dp_size: int, num_micro: int,
+                             fwd_bwd) -> dict:
+    """val_loss / val_ppl on the first train.eval_iters global batches of the held-out set (the
+    same windows every time, so evaluations compare)."""
+    nats, tokens = evaluate_windows(cfg, chunks, windows, dp_rank, dp_size, num_micro, fwd_bwd,
+                                    cfg.train.eval_iters)
+    loss = nats / max(tokens, 1.0)
+    return {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0))}
+
+
 def final_heldout_metrics(cfg, chunks, sets: dict, tokenizer, dp_rank: int, dp_size: int,
                           num_micro: int, fwd_bwd) -> dict:
     """final_<set>_{loss, ppl, bpb, tokens, bytes} for every held-out set, whole."""

@@ -32,7 +32,7 @@ from . import ddp
 from .data_setup import (build_run_datasets, check_tokenizer_matches_checkpoint,
                          copy_tokenizer_to_run, resolve_tokenizer_and_prefixes)
 from .distributed import destroy_distributed, init_distributed, is_logging_rank, launch_world_size
-from .heldout import build_heldout_sets, evaluate_windows, finish_with_heldout
+from .heldout import build_heldout_sets, finish_with_heldout, periodic_heldout_metrics
 from .flops import flops_per_token, parameter_counts, peak_tflops
 from .logger import RunLogger
 from .moe_logging import MoEMetricsLogger
@@ -176,10 +176,8 @@ def _train(cfg: ExperimentConfig, stop_signal: StopSignal) -> dict:
         if evaluated:
             with ddp.params_gathered(chunks):
                 if "valid" in heldout:  # the first eval_iters batches of the held-out set
-                    nats, tokens = evaluate_windows(cfg, chunks, heldout["valid"], dp_rank,
-                                                    dp_size, num_micro, fwd_bwd, t.eval_iters)
-                    val = nats / max(tokens, 1.0)
-                    metrics.update({"val_loss": val, "val_ppl": math.exp(min(val, 50.0))})
+                    metrics.update(periodic_heldout_metrics(cfg, chunks, heldout["valid"],
+                                                            dp_rank, dp_size, num_micro, fwd_bwd))
                 else:
                     metrics.update(evaluate(cfg, chunks, valid_ds, dp_rank, dp_size, num_micro,
                                             fwd_bwd))
