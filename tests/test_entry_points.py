@@ -44,7 +44,7 @@ def test_list_configs_needs_no_config(capsys):
     code, out, _ = _run(train, ["--list-configs"], capsys)
     assert code == 0
     names = [line.split()[0] for line in out.splitlines()[1:]]
-    assert names == ["cpu_tiny", "gpu_node_competesmoe", "gpu_smoke"]
+    assert names == ["cpu_tiny", "gpu_node_competesmoe", "gpu_smoke", "paper_lm_competesmoe"]
     assert re.search(r"^cpu_tiny +The README's default: a small CompeteSMoE", out, re.M)
 
 
