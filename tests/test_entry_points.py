@@ -28,8 +28,8 @@ def _run(main, argv, capsys) -> tuple[int, str, str]:
 def test_every_console_script_prints_the_versions(capsys):
     scripts = _console_scripts()
     assert set(scripts) == {"csmoe-train", "csmoe-tokenizer", "csmoe-bench", "csmoe-ab",
-                            "csmoe-check", "csmoe-export", "csmoe-import", "csmoe-eval",
-                            "csmoe-generate"}
+                            "csmoe-sweep", "csmoe-check", "csmoe-export", "csmoe-import",
+                            "csmoe-eval", "csmoe-generate"}
     expected = (f"csmoe-megatron {__version__} (megatron-core {metadata.version('megatron-core')}, "
                 f"torch {metadata.version('torch')})\n")
     for name, entry in scripts.items():
@@ -45,7 +45,7 @@ def test_list_configs_needs_no_config(capsys):
     code, out, _ = _run(train, ["--list-configs"], capsys)
     assert code == 0
     names = [line.split()[0] for line in out.splitlines()[1:]]
-    assert names == ["cpu_tiny", "gpu_node_competesmoe", "gpu_smoke"]
+    assert names == ["cpu_tiny", "gpu_node_competesmoe", "gpu_smoke", "paper_lm_competesmoe"]
     assert re.search(r"^cpu_tiny +The README's default: a small CompeteSMoE", out, re.M)
 
 

@@ -26,14 +26,15 @@ class LossSeries(NamedTuple):
 
 def read_losses(metrics_path: Path) -> LossSeries:
     """Losses by step from metrics.jsonl. A step logged twice (a resumed run that repeats the
-    steps after its checkpoint) keeps its last record; skipped steps carry no loss."""
+    steps after its checkpoint) keeps its last values; skipped steps carry no loss."""
     last: dict[int, dict] = {}
     with open(metrics_path) as handle:
         for line in handle:
             line = line.strip()
             if line:
                 record = json.loads(line)
-                last[int(record["step"])] = record
+                # Merged: the final held-out record shares the last step's number.
+                last.setdefault(int(record["step"]), {}).update(record)
     series = LossSeries([], [], [], [])
     for step in sorted(last):
         for key, steps, values in (("loss", series.train_steps, series.train_loss),

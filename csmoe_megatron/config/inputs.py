@@ -60,6 +60,8 @@ def check_inputs(cfg: ExperimentConfig, world_size: int | None = None) -> None:
     if cfg.checkpoint.init_from and not Path(cfg.checkpoint.init_from).is_dir():
         raise ConfigError(f"checkpoint.init_from={cfg.checkpoint.init_from} is not a directory: "
                           f"give a csmoe-import output, a checkpoint or a run directory")
+    for key in ("valid_prefixes", "test_prefixes"):
+        _check_heldout_prefixes(f"data.{key}", getattr(cfg.data, key), vocab)
     _check_writable("run.dir", Path(cfg.run.dir))
     checkpoints = Path(cfg.run.dir) / "checkpoints"
     if checkpoints.exists():
@@ -87,6 +89,20 @@ def _check_prefixes(prefixes: list, vocab: int | None) -> None:
             validate_indexed_prefix(str(prefix), vocab_size=vocab)
         except TokenizerUserError as e:
             raise ConfigError(f"data.prefixes: {e}") from None
+
+
+def _check_heldout_prefixes(key: str, prefixes: list, vocab: int | None) -> None:
+    """Held-out sets: plain prefixes (no blend weights: every token is evaluated once)."""
+    from csmoe_tokenizer import TokenizerUserError, validate_indexed_prefix
+
+    if not all(isinstance(p, str) and p for p in prefixes):
+        raise ConfigError(f"{key} must be a list of indexed-dataset prefixes (PREFIX for "
+                          f"PREFIX.bin/PREFIX.idx, no weights), got {prefixes!r}")
+    for prefix in prefixes:
+        try:
+            validate_indexed_prefix(prefix, vocab_size=vocab)
+        except TokenizerUserError as e:
+            raise ConfigError(f"{key}: {e}") from None
 
 
 def _check_resume_tokenizer(cfg: ExperimentConfig) -> None:

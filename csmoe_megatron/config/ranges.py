@@ -20,6 +20,7 @@ _RANGES = {
     "model.num_query_groups": (1, None, True, True, "a count of query groups"),
     "model.moe.aux_loss_coeff": (0.0, None, True, True, "a loss weight"),
     "model.moe.z_loss_coeff": (0.0, None, True, True, "a loss weight"),
+    "model.moe.expert_bias_update_rate": (0.0, None, True, True, "a bias update step"),
     "model.moe.capacity_factor": (0.0, None, False, True, "a capacity factor (null: dropless)"),
     "model.moe.competesmoe.rate": (0.0, 1.0, True, True, "a probability (omega)"),
     "model.moe.competesmoe.warmup_fraction": (0.0, 1.0, True, False, "a fraction of the steps"),

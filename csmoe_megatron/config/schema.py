@@ -43,6 +43,14 @@ class CompeteSMoEConfig:
     # compete (the others get affinity -inf: never win, weight 0 in the distillation target and
     # the balance loss). 0: all E experts compete (the paper). Needs gradient "winners".
     candidates: int = 0
+    # Conventions where the authors' code (Fsoft-AIC/CompeteSMoE) and the paper's formulas can be
+    # read two ways; defaults follow the authors' code (docs/competesmoe.md lists the places).
+    # "matrix": mean of the K x K winner cosine matrix with a zero diagonal (theirs);
+    # "pairs": mean over the K(K-1)/2 distinct pairs (= K/(K-1) x "matrix").
+    diversity_average: str = "matrix"
+    # Competition balance loss f_e: "top1" counts each token's top-1 winner only (theirs);
+    # "all": all K winner slots, as megatron's router aux loss does.
+    balance_count: str = "top1"
 
 
 @dataclass
@@ -52,6 +60,13 @@ class MoEConfig:
     ffn_hidden_size: int = 128  # per-expert hidden size (moe_ffn_hidden_size)
     layer_freq: int = 1  # every n-th layer is MoE (1: all layers)
     router: str = "competesmoe"  # "competesmoe" or "topk" (megatron-core's native router)
+    # router=topk only: "softmax" (top-K of softmax) or "sigmoid" (top-K of sigmoid scores,
+    # weights renormalised over the K; DeepSeek-V3 style)
+    score_function: str = "softmax"
+    # router=topk with score_function=sigmoid only: aux-loss-free balancing, a per-expert bias
+    # added to the scores for the choice only, nudged toward balance after every step
+    expert_bias: bool = False
+    expert_bias_update_rate: float = 1.0e-3  # step of that bias update (megatron's default)
     token_dispatcher: str = "alltoall"  # "alltoall" or "allgather"
     aux_loss_coeff: float = 0.01  # switch-style load balancing on router steps
     z_loss_coeff: Optional[float] = None  # router z-loss weight (None: off)
@@ -164,6 +179,13 @@ class DataConfig:
     split: str = "969,30,1"  # train,valid,test weights
     tokenizer: Optional[str] = None  # SentencePiece tokenizer dir (from csmoe-tokenizer train)
     cache_dir: Optional[str] = None  # dataset index cache; default: <run.dir>/data_cache
+    # Held-out sets: indexed-dataset prefixes (csmoe-tokenizer encode of other files, or
+    # `python -m csmoe_megatron.data.split_files`), same tokenizer as training. With
+    # valid_prefixes the periodic evaluation reads them instead of the split's valid part;
+    # at the end of training every token of each set is evaluated once (loss, perplexity,
+    # bits per byte) into metrics.jsonl, TensorBoard and <run.dir>/final_eval.json.
+    valid_prefixes: list = field(default_factory=list)
+    test_prefixes: list = field(default_factory=list)  # as valid_prefixes; only evaluated at the end
 
 
 @dataclass

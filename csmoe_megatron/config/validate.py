@@ -20,6 +20,9 @@ _CHOICES = {
     "model.moe.competesmoe.gate_norm": ("sum", "sigmoid"),
     "model.moe.competesmoe.combine": ("winners", "full"),
     "model.moe.competesmoe.gradient": ("winners", "dense"),
+    "model.moe.competesmoe.diversity_average": ("matrix", "pairs"),
+    "model.moe.competesmoe.balance_count": ("top1", "all"),
+    "model.moe.score_function": ("softmax", "sigmoid"),
     "parallel.backend": ("auto", "nccl", "gloo"),
     "train.lr_decay": ("cosine", "linear", "constant"),
     "train.precision": ("fp32", "bf16", "fp16"),
@@ -169,6 +172,16 @@ def validate(cfg: ExperimentConfig, world_size: int = 1) -> None:
                  "directory written by `csmoe-tokenizer train`)")
     if cfg.data.source == "mock":
         _require(m.vocab_size is not None, "data.source=mock needs model.vocab_size")
+        _require(not cfg.data.valid_prefixes and not cfg.data.test_prefixes,
+                 "data.valid_prefixes / data.test_prefixes need a tokenizer: use "
+                 "data.source=default or indexed, or leave them empty with data.source=mock")
+    if moe.router == "competesmoe":
+        _require(moe.score_function == "softmax" and not moe.expert_bias,
+                 "model.moe.score_function=sigmoid and model.moe.expert_bias are options of "
+                 "model.moe.router=topk; CompeteSMoE's router is softmax without expert bias")
+    _require(not moe.expert_bias or moe.score_function == "sigmoid",
+             "model.moe.expert_bias needs model.moe.score_function=sigmoid (megatron-core's "
+             "aux-loss-free balancing is defined for sigmoid scores)")
 
 
 def total_steps(cfg: ExperimentConfig) -> int:

@@ -50,7 +50,8 @@ from ..device import current_device
 from . import context, metrics, winners_combine, winners_only_allgather, winners_only_alltoall
 from .affinity import gates_from_affinity, neural_response
 from .dispatch import CompetitionAlltoAllDispatcher, build_dispatcher, unit_routing
-from .losses import diversity_loss, router_distillation_loss, routing_agreement
+from .losses import (competition_balance_counts, diversity_loss, router_distillation_loss,
+                     routing_agreement)
 from .router import CompeteSMoERouter
 from .winners_only import candidate_mask
 
@@ -264,14 +265,15 @@ class CompeteSMoELayer(MoELayer):
         local_tokens = logits.shape[0]
         distillation = router_distillation_loss(logits, affinity, winners_mask, top_k,
                                                 cs.router_theta) / shards
-        diversity = diversity_loss(winner_outs) / shards
-        with torch.no_grad():
-            local_counts = winners_mask.sum(dim=0).float()
+        diversity = diversity_loss(winner_outs, cs.diversity_average) / shards
+        with torch.no_grad():  # f_e: each token's top-1 winner (authors) or all K slots
+            local_counts, slots = competition_balance_counts(affinity, winners_mask, top_k,
+                                                             cs.balance_count)
             global_counts = reduce_from_tensor_model_parallel_region(local_counts, tp_cp)
-            total_tokens = global_counts.sum() / top_k
+            total_tokens = global_counts.sum() / slots
         balance = switch_load_balancing_loss_func(
             probs=torch.softmax(affinity, dim=-1), tokens_per_expert=global_counts,
-            total_num_tokens=total_tokens, topk=top_k, num_experts=num_experts,
+            total_num_tokens=total_tokens, topk=slots, num_experts=num_experts,
             moe_aux_loss_coeff=1.0)
         for name, value in zip(LOSS_NAMES, (distillation, diversity, balance)):
             save_to_aux_losses_tracker(name, value, self.layer_number, self._tracker_layers(),

@@ -34,21 +34,45 @@ def router_distillation_loss(
     return full_term + alpha * winners_term
 
 
-def diversity_loss(winner_outputs: torch.Tensor) -> torch.Tensor:
-    """Mean cosine similarity over winner pairs i < j, averaged over tokens (spec §3).
+def diversity_loss(winner_outputs: torch.Tensor, average: str = "matrix") -> torch.Tensor:
+    """Cosine similarity among each token's K winners, averaged over tokens (spec §3).
 
-    winner_outputs: [T, K, D]. Note the reference divides the off-diagonal sum by K*K (it
-    takes .mean() of the masked [K, K] matrix), which is (K-1)/K times this pair mean; fold
-    that factor into gamma when matching its numbers. K = 1 has no pairs: returns 0 (kept in
-    the graph so callers can always backprop).
+    winner_outputs: [T, K, D]. average="matrix" (default, the authors' code: mean of the
+    K x K cosine matrix with its diagonal set to zero, i.e. the off-diagonal sum / K^2);
+    "pairs": mean over the K(K-1)/2 distinct pairs i < j, K/(K-1) times "matrix". K = 1 has
+    no pairs: returns 0 (kept in the graph so callers can always backprop).
     """
     num_winners = winner_outputs.shape[1]
     if num_winners < 2:
         return at_least_fp32(winner_outputs).sum() * 0.0
     unit = F.normalize(at_least_fp32(winner_outputs), p=2.0, dim=-1)
     cosine = unit @ unit.transpose(1, 2)  # [T, K, K]
+    if average == "matrix":
+        off_diagonal = 1.0 - torch.eye(num_winners, dtype=cosine.dtype, device=cosine.device)
+        return (cosine * off_diagonal).mean()
+    if average != "pairs":
+        raise ValueError(f"diversity average must be 'matrix' or 'pairs', got {average!r}")
     rows, cols = torch.triu_indices(num_winners, num_winners, offset=1, device=cosine.device)
     return cosine[:, rows, cols].mean()
+
+
+def competition_balance_counts(affinity: torch.Tensor, winners_mask: torch.Tensor, top_k: int,
+                               count: str = "top1") -> tuple[torch.Tensor, int]:
+    """(tokens per expert [E] as float, slots per token) for the competition balance loss's f_e.
+
+    count="top1" (default, the authors' code): each token counts once, for its top-1 winner
+    (the largest affinity; gate_norm "sigmoid" is monotone, so the same expert); "all": every
+    one of the K winner slots counts, as megatron's router aux loss does. No gradient.
+    """
+    with torch.no_grad():
+        if count == "top1":
+            top1 = affinity.argmax(dim=-1)
+            counts = torch.zeros(affinity.shape[-1], dtype=torch.float32, device=affinity.device)
+            counts.scatter_add_(0, top1, torch.ones_like(top1, dtype=torch.float32))
+            return counts, 1
+        if count != "all":
+            raise ValueError(f"balance count must be 'top1' or 'all', got {count!r}")
+        return winners_mask.sum(dim=0).float(), top_k
 
 
 def switch_balance_loss(probs: torch.Tensor, routing_map: torch.Tensor, top_k: int) -> torch.Tensor:
@@ -74,14 +98,16 @@ def z_loss(logits: torch.Tensor) -> torch.Tensor:
 
 
 def competition_balance_loss(
-    affinity: torch.Tensor, winners_mask: torch.Tensor, top_k: int
+    affinity: torch.Tensor, winners_mask: torch.Tensor, top_k: int, count: str = "top1"
 ) -> torch.Tensor:
-    """Switch loss on the competition assignment with softmax(s) as probabilities (spec §3).
-    Not detached (the reference does not detach its balance term on softmax(s) either), so
-    it pushes the experts' affinities toward balance. The reference's balance formula is its
-    own; the Switch form here follows spec §3."""
+    """Switch loss E * sum_e f_e * P_e on the competition assignment with P = softmax(s)
+    (spec §3); f_e per `count` (see competition_balance_counts: the authors' top-1 winner by
+    default). Not detached (the reference does not detach its balance term on softmax(s)
+    either), so it pushes the experts' affinities toward balance."""
     probs = torch.softmax(at_least_fp32(affinity), dim=-1)
-    return switch_balance_loss(probs, winners_mask, top_k)
+    counts, slots = competition_balance_counts(affinity, winners_mask, top_k, count)
+    dispatch_fraction = counts / (affinity.shape[0] * slots)
+    return affinity.shape[-1] * (dispatch_fraction * probs.mean(dim=0)).sum()
 
 
 class RoutingAgreement(NamedTuple):

@@ -33,6 +33,7 @@ from .checkpoint_init import init_from_checkpoint
 from .data_setup import (build_run_datasets, check_tokenizer_matches_checkpoint,
                          copy_tokenizer_to_run, resolve_tokenizer_and_prefixes)
 from .distributed import destroy_distributed, init_distributed, is_logging_rank, launch_world_size
+from .heldout import build_heldout_sets, finish_with_heldout, periodic_heldout_metrics
 from .flops import flops_per_token, parameter_counts, peak_tflops
 from .layout import changes as layout_changes
 from .layout import current_layout
@@ -82,6 +83,7 @@ def _train(cfg: ExperimentConfig, stop_signal: StopSignal) -> dict:
                          f"({tokenizer.vocab_size}); remove model.vocab_size to size it from the "
                          f"tokenizer")
     train_ds, valid_ds, _ = build_run_datasets(cfg, tokenizer, prefixes, steps, run_dir)
+    heldout = build_heldout_sets(cfg, tokenizer)  # data.valid_prefixes / test_prefixes
 
     # Model, optimizer.
     fast = fast_paths.resolve(cfg)
@@ -133,6 +135,10 @@ def _train(cfg: ExperimentConfig, stop_signal: StopSignal) -> dict:
 
     metrics: dict = {}
     first_step, train_time = step, 0.0
+    # Training time over all launches, each launch's first step left out (one-off compilation
+    # and allocation): what tokens/s and equal-time comparisons between runs should see.
+    timed = {"train_time_s": float(progress.get("train_time_s", 0.0)),
+             "timed_steps": int(progress.get("timed_steps", 0))}
     while step < steps:
         start = time.time()
         moe_context.set_step(step)
@@ -171,6 +177,7 @@ def _train(cfg: ExperimentConfig, stop_signal: StopSignal) -> dict:
                    "tokens_per_s": tokens_per_step / elapsed, "step_time_s": elapsed,
                    # Average since this launch began, over training steps only (no eval/saves).
                    "tokens_per_s_avg": (step - first_step) * tokens_per_step / train_time,
+                   **_timed(timed, step - first_step, elapsed),
                    "consumed_samples": train_iters[0].consumed_samples}
         if peak is not None:
             metrics["tflops"] = model_flops / elapsed / dist.get_world_size() / 1e12
@@ -180,8 +187,12 @@ def _train(cfg: ExperimentConfig, stop_signal: StopSignal) -> dict:
         evaluated = t.eval_interval > 0 and (step % t.eval_interval == 0 or step == steps)
         if evaluated:
             with ddp.params_gathered(chunks):
-                metrics.update(evaluate(cfg, chunks, valid_ds, dp_rank, dp_size, num_micro,
-                                        fwd_bwd))
+                if "valid" in heldout:  # the first eval_iters batches of the held-out set
+                    metrics.update(periodic_heldout_metrics(cfg, chunks, heldout["valid"],
+                                                            dp_rank, dp_size, num_micro, fwd_bwd))
+                else:
+                    metrics.update(evaluate(cfg, chunks, valid_ds, dp_rank, dp_size, num_micro,
+                                            fwd_bwd))
         stop_now = stop_requested or (
             t.exit_after_steps is not None and step - first_step >= t.exit_after_steps)
         interval = cfg.checkpoint.save_interval
@@ -199,6 +210,7 @@ def _train(cfg: ExperimentConfig, stop_signal: StopSignal) -> dict:
                 ckpt.save_checkpoint(ckpt_root, step, chunks, optimizer, scheduler,
                                      {"step": step,
                                       "consumed_samples": train_iters[0].consumed_samples,
+                                      **timed,
                                       "moe_logging": moe_log.state_dict(), "layout": layout},
                                      cfg.checkpoint.keep_last, run_dir / "tokenizer")
             log.info(f"saved checkpoint at step {step}")
@@ -206,10 +218,22 @@ def _train(cfg: ExperimentConfig, stop_signal: StopSignal) -> dict:
             log.info(f"stopping early (signal or train.exit_after_steps): checkpoint saved at "
                      f"step {step}; rerun the same command to resume")
             break
+    if step >= steps:  # finished: whole held-out sets, final_eval.json
+        with ddp.params_gathered(chunks):
+            metrics.update(finish_with_heldout(
+                cfg, chunks, heldout, tokenizer, dp_rank, dp_size, num_micro, fwd_bwd, log,
+                step, timed, metrics))
     log.close()
     if log.enabled:  # the logging rank, which wrote metrics.jsonl
         write_loss_curve(run_dir)
     return metrics
+
+
+def _timed(timed: dict, steps_this_launch: int, elapsed: float) -> dict:
+    if steps_this_launch > 1:
+        timed["train_time_s"] += elapsed
+        timed["timed_steps"] += 1
+    return dict(timed)
 
 
 def evaluate(cfg, chunks, valid_ds, dp_rank, dp_size, num_micro, fwd_bwd) -> dict:

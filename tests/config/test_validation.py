@@ -121,3 +121,28 @@ def test_resuming_with_another_tokenizer_is_refused_before_writing(indexed_data,
     with pytest.raises(ConfigError, match="iter_0000004 was trained with a different tokenizer"):
         check_inputs(_indexed(indexed_data, tmp_path))
     check_inputs(_indexed(indexed_data, tmp_path, "checkpoint.resume=false"))
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["model.moe.score_function=sigmoid"], "options of model.moe.router=topk"),
+    (["model.moe.router=topk", "model.moe.expert_bias=true"],
+     "expert_bias needs model.moe.score_function=sigmoid"),
+    (["model.moe.competesmoe.diversity_average=mean"], "choose one of 'matrix', 'pairs'"),
+    (["model.moe.competesmoe.balance_count=k"], "choose one of 'top1', 'all'"),
+    (["data.source=mock", "model.vocab_size=128", "data.valid_prefixes=[x]"],
+     "need a tokenizer"),
+])
+def test_router_options_and_conventions_are_checked(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        validate(load_config(CPU_TINY, overrides), world_size=2)
+
+
+def test_heldout_prefixes_are_checked_before_anything_is_written(tmp_path):
+    run_dir = tmp_path / "run"
+    cfg = load_config(CPU_TINY, [f"run.dir={run_dir}", f"data.valid_prefixes=[{tmp_path}/none]"])
+    with pytest.raises(ConfigError, match="data.valid_prefixes: .*none"):
+        check_inputs(cfg)
+    cfg = load_config(CPU_TINY, [f"run.dir={run_dir}", "data.test_prefixes=[[1, 2]]"])
+    with pytest.raises(ConfigError, match="data.test_prefixes must be a list of indexed"):
+        check_inputs(cfg)
+    assert not run_dir.exists()

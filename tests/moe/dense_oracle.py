@@ -7,10 +7,12 @@ code favours spelling the spec out (masks, explicit sums over winners, loops ove
 speed; sizes in the tests are tiny.
 
 Weights use torch.nn.Linear layout ([out, in]), no biases. Where the spec leaves a choice, the
-oracle follows what the project documents (README, moe/losses.py docstrings) and says so:
-* diversity: mean cosine over the K(K-1)/2 distinct winner pairs (the authors' code takes the
-  mean of the K x K matrix with a zero diagonal, (K-1)/K of this; spec §3);
-* competition balance: the Switch loss counting all K winner slots (the authors count top-1).
+oracle follows the authors' code by default (spec §3, docs/competesmoe.md), with the
+project's named alternatives (OracleConfig.diversity_average / balance_count):
+* diversity "matrix": mean of the K x K winner cosine matrix with a zero diagonal (sum over
+  ordered pairs i != j / K^2); "pairs": mean over the K(K-1)/2 distinct pairs;
+* competition balance "top1": the Switch loss with f_e over each token's top-1 winner (share
+  of the T tokens); "all": over all K winner slots (share of the T*K slots).
 """
 from __future__ import annotations
 
@@ -58,6 +60,8 @@ class OracleConfig:
     diversity_coef: float = 0.005  # gamma
     balance_coef: float = 0.01  # router-step Switch loss
     competition_balance_coef: float = 0.01
+    diversity_average: str = "matrix"  # "matrix" (authors) or "pairs"
+    balance_count: str = "top1"  # "top1" (authors) or "all"
     z_loss_coef: float = 0.0  # 0: no z-loss
     # Top-M candidates (0: all E): only the router's top-M experts (by logit) of a token
     # compete; the others get affinity -inf (never win; softmax weight 0 in L_D and balance).
@@ -119,18 +123,25 @@ def distillation_loss(router_logits, affinity, winners, k, alpha):
     return mse + alpha * per_token_winners.mean()
 
 
-def diversity_loss(winner_outputs: torch.Tensor) -> torch.Tensor:
-    """Mean over tokens and winner pairs i < j of cos(g_i(x), g_j(x)); [T, K, D]; K=1: 0."""
+def diversity_loss(winner_outputs: torch.Tensor, average: str = "matrix") -> torch.Tensor:
+    """cos(g_i(x), g_j(x)) among the K winners, averaged over tokens; [T, K, D]; K=1: 0.
+    "matrix": sum over ordered pairs i != j divided by K*K; "pairs": mean over i < j."""
     out = _wide(winner_outputs)
     k = out.shape[1]
     if k < 2:
         return out.sum() * 0.0
-    total, pairs = 0.0, 0
+    total = 0.0
     for i in range(k):
-        for j in range(i + 1, k):
-            total = total + F.cosine_similarity(out[:, i], out[:, j], dim=-1, eps=1e-12)
-            pairs += 1
-    return (total / pairs).mean()
+        for j in range(k):
+            if i != j:
+                total = total + F.cosine_similarity(out[:, i], out[:, j], dim=-1, eps=1e-12)
+    divisor = k * k if average == "matrix" else k * (k - 1)
+    return (total / divisor).mean()
+
+
+def top1_assignment(scores: torch.Tensor) -> torch.Tensor:
+    """[T, E] bool, True on each row's largest score (its top-1 winner)."""
+    return top_k_mask(scores, 1)
 
 
 def switch_balance(probs: torch.Tensor, assigned: torch.Tensor, k: int) -> torch.Tensor:
@@ -181,9 +192,12 @@ def oracle_moe_forward(x, router_weight, experts: Sequence[Expert], top_k: int, 
         losses = {
             "distillation": distillation_loss(router_logits, affinity, chosen, top_k,
                                               cfg.router_theta),
-            "diversity": diversity_loss(winner_outs),
-            "competition_balance": switch_balance(torch.softmax(balance_affinity, dim=-1),
-                                                  chosen, top_k),
+            "diversity": diversity_loss(winner_outs, cfg.diversity_average),
+            "competition_balance": (
+                switch_balance(torch.softmax(balance_affinity, dim=-1),
+                               top1_assignment(affinity), 1)
+                if cfg.balance_count == "top1"
+                else switch_balance(torch.softmax(balance_affinity, dim=-1), chosen, top_k)),
         }
         aux = (cfg.router_loss_coef * losses["distillation"]
                + cfg.diversity_coef * losses["diversity"]

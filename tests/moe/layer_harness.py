@@ -144,6 +144,8 @@ def reference_config(config, cs: CompeteSMoEConfig) -> OracleConfig:
                            diversity_coef=cs.diversity_coef,
                            balance_coef=config.moe_aux_loss_coeff,
                            competition_balance_coef=cs.balance_coef,
+                           diversity_average=cs.diversity_average,
+                           balance_count=cs.balance_count,
                            z_loss_coef=config.moe_z_loss_coeff or 0.0,
                            candidates=cs.candidates,
                            balance_losers_detached=cs.gradient == "winners")

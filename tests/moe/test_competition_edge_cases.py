@@ -122,4 +122,6 @@ def test_gate_refusals(top_k, norm, message):
 def test_diversity_of_two_winners_by_hand():
     # One token, winners (1, 0) and (1, 1): cosine 1/sqrt(2); orthogonal pair: 0.
     outs = torch.tensor([[[1.0, 0.0], [1.0, 1.0]], [[1.0, 0.0], [0.0, 3.0]]])
-    assert diversity_loss(outs).item() == pytest.approx((2 ** -0.5 + 0.0) / 2)
+    assert diversity_loss(outs, "pairs").item() == pytest.approx((2 ** -0.5 + 0.0) / 2)
+    # The authors' K x K mean with a zero diagonal: each cosine counted twice, over K*K = 4.
+    assert diversity_loss(outs).item() == pytest.approx((2 * 2 ** -0.5 / 4 + 0.0) / 2)

@@ -45,7 +45,7 @@ def test_distillation_grad_only_to_router_logits():
 def test_diversity_by_hand():
     e1, e2 = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 2.0])
     outs = torch.stack([e1, 3 * e1, e2])[None]  # pairs: cos 1, 0, 0
-    torch.testing.assert_close(diversity_loss(outs), torch.tensor(1 / 3))
+    torch.testing.assert_close(diversity_loss(outs, "pairs"), torch.tensor(1 / 3))
 
 
 def test_diversity_matches_pair_loop():
@@ -53,7 +53,7 @@ def test_diversity_matches_pair_loop():
     outs = torch.randn(5, 4, 7, dtype=torch.float64)
     pairs = [F.cosine_similarity(outs[:, i], outs[:, j], dim=-1)
              for i in range(4) for j in range(i + 1, 4)]
-    torch.testing.assert_close(diversity_loss(outs), torch.stack(pairs).mean())
+    torch.testing.assert_close(diversity_loss(outs, "pairs"), torch.stack(pairs).mean())
 
 
 def test_diversity_single_winner_is_zero_and_backprops():
@@ -75,7 +75,7 @@ def test_switch_balance_by_hand():
 def test_competition_balance_is_switch_on_affinity_softmax():
     aff = torch.randn(6, 4)
     winners = torch.zeros(6, 4, dtype=torch.bool).scatter(-1, aff.topk(2).indices, True)
-    torch.testing.assert_close(competition_balance_loss(aff, winners, 2),
+    torch.testing.assert_close(competition_balance_loss(aff, winners, 2, "all"),
                                switch_balance_loss(aff.softmax(-1), winners, 2))
 
 
@@ -104,3 +104,54 @@ def test_routing_agreement_by_hand():
     agreement = routing_agreement(logits, winners, top_k=2)
     torch.testing.assert_close(agreement.exact_match, torch.tensor(1 / 3))
     torch.testing.assert_close(agreement.slot_overlap, torch.tensor((1.0 + 0.0 + 0.5) / 3))
+
+
+# Conventions (docs/competesmoe.md): the authors' code is the default, ours a named option.
+
+def test_diversity_authors_matrix_mean_by_hand():
+    # One token, K = 3 winners e1, 3*e1, e2: cosines (1,2)=1, (1,3)=0, (2,3)=0.
+    # Authors: K x K matrix with zero diagonal, mean over 9 entries: (1 + 1) / 9.
+    e1, e2 = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 2.0])
+    outs = torch.stack([e1, 3 * e1, e2])[None]
+    torch.testing.assert_close(diversity_loss(outs), torch.tensor(2 / 9))
+    torch.testing.assert_close(diversity_loss(outs, "matrix"), torch.tensor(2 / 9))
+    # Two tokens average: second token all orthogonal -> 0; mean (2/9 + 0) / 2.
+    ortho = torch.stack([e1, e2, torch.zeros(2) + torch.tensor([0.0, -1.0])])[None]
+    # cosines: (e1,e2)=0, (e1,-e2)=0, (e2,-e2)=-1 -> matrix sum -2, / 9.
+    both = torch.cat([outs, ortho])
+    torch.testing.assert_close(diversity_loss(both), torch.tensor((2 / 9 - 2 / 9) / 2))
+    with pytest.raises(ValueError, match="matrix"):
+        diversity_loss(outs, "mean")
+
+
+def test_competition_balance_top1_by_hand():
+    # E = 2, T = 2, K = 2 winners each (every expert wins once per token in "all").
+    # Affinities: token 0 prefers expert 0, token 1 prefers expert 0 too.
+    aff = torch.tensor([[math.log(3.0), 0.0], [0.0, 0.0]])
+    # softmax rows: [0.75, 0.25] and [0.5, 0.5] -> P = [0.625, 0.375].
+    winners = torch.ones(2, 2, dtype=torch.bool)
+    # top1: argmax rows -> expert 0 (token 0), expert 0 (token 1, tie -> first) -> f = [1, 0];
+    # loss = E * sum f_e P_e = 2 * 0.625 = 1.25.
+    torch.testing.assert_close(competition_balance_loss(aff, winners, 2), torch.tensor(1.25))
+    # all: f = [2, 2] / (T*K = 4) = [0.5, 0.5]; loss = 2 * (0.5*0.625 + 0.5*0.375) = 1.0.
+    torch.testing.assert_close(competition_balance_loss(aff, winners, 2, "all"),
+                               torch.tensor(1.0))
+    with pytest.raises(ValueError, match="top1"):
+        competition_balance_loss(aff, winners, 2, "slots")
+
+
+def test_competition_balance_counts_feed_megatron_switch_loss():
+    # The layer hands these counts to megatron's switch_load_balancing_loss_func; with
+    # (counts, slots) it must give the same number as the hand formula above.
+    from megatron.core.transformer.moe.moe_utils import switch_load_balancing_loss_func
+
+    from csmoe_megatron.moe.losses import competition_balance_counts
+
+    aff = torch.tensor([[math.log(3.0), 0.0], [0.0, 0.0]])
+    winners = torch.ones(2, 2, dtype=torch.bool)
+    for count, expected in (("top1", 1.25), ("all", 1.0)):
+        counts, slots = competition_balance_counts(aff, winners, 2, count)
+        loss = switch_load_balancing_loss_func(
+            probs=aff.softmax(-1), tokens_per_expert=counts, total_num_tokens=counts.sum() / slots,
+            topk=slots, num_experts=2, moe_aux_loss_coeff=1.0)
+        torch.testing.assert_close(loss, torch.tensor(expected))

@@ -131,7 +131,8 @@ def test_oracle_losses_on_hand_computed_cases():
     # Two identical winners: cosine 1; orthogonal: 0.
     same = torch.tensor([[[1.0, 2.0], [2.0, 4.0]]])
     orth = torch.tensor([[[1.0, 0.0], [0.0, 3.0]]])
-    assert float(dense_oracle.diversity_loss(same)) == pytest.approx(1.0)
+    assert float(dense_oracle.diversity_loss(same, "pairs")) == pytest.approx(1.0)
+    assert float(dense_oracle.diversity_loss(same)) == pytest.approx(0.5)  # 2 of K*K=4 entries
     assert float(dense_oracle.diversity_loss(orth)) == pytest.approx(0.0)
     # Uniform probabilities and a perfectly balanced assignment: the Switch loss is 1.
     probs = torch.full((4, 4), 0.25)
