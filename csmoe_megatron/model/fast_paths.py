@@ -98,6 +98,9 @@ def resolve(cfg: ExperimentConfig) -> FastPaths:
         if switches[name] == "off":
             continue
         missing = _missing(name, paths.transformer_engine)
+        if name == "bias_activation_fusion" and cfg.model.activation == "gelu":
+            # megatron fuses a plain (non-gated) GeLU only together with a bias; ours have none.
+            missing = "megatron fuses GeLU only with a linear bias, and these linears have none"
         if missing is None:
             setattr(paths, name, True)
         elif switches[name] == "on":

@@ -57,6 +57,14 @@ def test_off_is_off_even_where_available(cuda_without_te):
     assert not paths.bias_activation_fusion and "bias_activation_fusion" not in paths.off_because
 
 
+def test_gelu_without_bias_never_gets_the_bias_activation_fusion(cuda_without_te):
+    # megatron refuses a fused plain GeLU without a linear bias at TransformerConfig build.
+    paths = fast_paths.resolve(_cfg("model.activation=gelu"))
+    assert not paths.bias_activation_fusion and "bias" in paths.off_because["bias_activation_fusion"]
+    with pytest.raises(ConfigError, match="kernels.bias_activation_fusion=on"):
+        fast_paths.resolve(_cfg("model.activation=gelu", "kernels.bias_activation_fusion=on"))
+
+
 @pytest.mark.parametrize("key", ["kernels.transformer_engine", "kernels.rope_fusion",
                                  "kernels.gradient_accumulation_fusion", "model.moe.grouped_gemm"])
 def test_on_without_its_library_is_refused_by_name(cuda_without_te, key):
