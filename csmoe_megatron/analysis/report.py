@@ -15,7 +15,7 @@ import math
 from pathlib import Path
 
 from .experiment import FINAL_EVAL, Run
-from .stats import mean_ci95, paired_differences
+from .stats import curve, interpolate, mean_ci95, paired_differences
 
 
 def read_run(run: Run) -> dict:
@@ -52,22 +52,6 @@ def _tokens_per_s(final: dict) -> float:
     if not final.get("train_time_s"):
         return float("nan")
     return final["tokens"] / final["steps"] * final["timed_steps"] / final["train_time_s"]
-
-
-def curve(records: list[dict], key: str, x: str = "step") -> tuple[list[float], list[float]]:
-    pairs = [(r[x], r[key]) for r in records if key in r and x in r]
-    return [p[0] for p in pairs], [p[1] for p in pairs]
-
-
-def interpolate(xs: list[float], ys: list[float], at: float) -> float:
-    if not xs:
-        return float("nan")
-    if at <= xs[0]:
-        return ys[0]
-    for (x0, y0), (x1, y1) in zip(zip(xs, ys), zip(xs[1:], ys[1:])):
-        if x0 <= at <= x1:
-            return y0 + (y1 - y0) * (at - x0) / (x1 - x0) if x1 > x0 else y1
-    return ys[-1]
 
 
 def summarize(runs: list[Run], baseline: str, command: str = "") -> dict:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .report import curve
+from .stats import curve
 
 
 def _band(series: list[tuple[list[float], list[float]]]):

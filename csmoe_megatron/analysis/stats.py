@@ -1,4 +1,5 @@
-"""Small-sample statistics for the A/B report: mean with a 95% Student-t confidence interval.
+"""Small-sample statistics for the A/B report: mean with a 95% Student-t confidence interval,
+and the (x, y) series of a run's metric records with linear interpolation between them.
 
 No SciPy: the two-sided 95% t quantiles for 1-30 degrees of freedom are tabulated (4 decimals),
 beyond that the Cornish-Fisher expansion around the normal quantile (error < 1e-4).
@@ -47,3 +48,19 @@ def paired_differences(arm: dict[int, float], baseline: dict[int, float]) -> dic
     seeds = sorted(set(arm) & set(baseline))
     diffs = [arm[s] - baseline[s] for s in seeds]
     return {"seeds": seeds, "differences": diffs, **mean_ci95(diffs)}
+
+
+def curve(records: list[dict], key: str, x: str = "step") -> tuple[list[float], list[float]]:
+    pairs = [(r[x], r[key]) for r in records if key in r and x in r]
+    return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
+def interpolate(xs: list[float], ys: list[float], at: float) -> float:
+    if not xs:
+        return float("nan")
+    if at <= xs[0]:
+        return ys[0]
+    for (x0, y0), (x1, y1) in zip(zip(xs, ys), zip(xs[1:], ys[1:])):
+        if x0 <= at <= x1:
+            return y0 + (y1 - y0) * (at - x0) / (x1 - x0) if x1 > x0 else y1
+    return ys[-1]
