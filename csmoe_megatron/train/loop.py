@@ -187,12 +187,10 @@ def _train(cfg: ExperimentConfig, stop_signal: StopSignal) -> dict:
         evaluated = t.eval_interval > 0 and (step % t.eval_interval == 0 or step == steps)
         if evaluated:
             with ddp.params_gathered(chunks):
-                if "valid" in heldout:  # the first eval_iters batches of the held-out set
-                    metrics.update(periodic_heldout_metrics(cfg, chunks, heldout["valid"],
-                                                            dp_rank, dp_size, num_micro, fwd_bwd))
-                else:
-                    metrics.update(evaluate(cfg, chunks, valid_ds, dp_rank, dp_size, num_micro,
-                                            fwd_bwd))
+                # The first eval_iters batches of the held-out set, else of the valid split.
+                windows = heldout.get("valid", valid_ds)
+                metrics.update(periodic_heldout_metrics(cfg, chunks, windows, dp_rank, dp_size,
+                                                        num_micro, fwd_bwd))
         stop_now = stop_requested or (
             t.exit_after_steps is not None and step - first_step >= t.exit_after_steps)
         interval = cfg.checkpoint.save_interval
@@ -236,43 +234,12 @@ def _timed(timed: dict, steps_this_launch: int, elapsed: float) -> dict:
     return dict(timed)
 
 
-def evaluate(cfg, chunks, valid_ds, dp_rank, dp_size, num_micro, fwd_bwd) -> dict:
-    """Loss and perplexity on the first eval_iters global batches of the validation split
-    (the same samples every time, so evaluations are comparable). Never competes: eval mode."""
-    t = cfg.train
-    for chunk in chunks:
-        chunk.eval()
-    total = torch.zeros(2, dtype=torch.float64, device=current_device())
-    with torch.no_grad():
-        iters = [MicroBatchIterator(valid_ds, t.micro_batch_size, dp_rank, dp_size, 0)
-                 for _ in chunks]
-        for _ in range(t.eval_iters):
-            losses = fwd_bwd(forward_step_func=forward_step,
-                             data_iterator=iters if len(chunks) > 1 else iters[0],
-                             model=chunks if len(chunks) > 1 else chunks[0],
-                             num_microbatches=num_micro, seq_length=cfg.model.seq_length,
-                             micro_batch_size=t.micro_batch_size, forward_only=True)
-            total += _sum_reports(losses)
-    for chunk in chunks:
-        chunk.train()
-    _clear_moe_tracker()
-    loss = _global_mean(total)
-    return {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0))}
-
-
 def _sum_reports(losses) -> torch.Tensor:
     """(loss sum, token count) of this rank's micro-batches, on the device (no host read)."""
     total = torch.zeros(2, dtype=torch.float64, device=current_device())
     for item in losses or []:
         total += item["lm loss"].detach().to(total)
     return total
-
-
-def _global_mean(total: torch.Tensor) -> float:
-    """Sum (loss, tokens) over all ranks and divide. Only last-stage ranks hold losses, and each
-    TP rank of a replica holds the same ones, which the ratio cancels."""
-    dist.all_reduce(total)
-    return (total[0] / total[1].clamp(min=1)).item()
 
 
 def _step_outcome(losses, chunks, stop_requested: bool) -> tuple[float, bool, bool]:
@@ -310,9 +277,3 @@ def _known_load_deprecations_silenced():
         for message in (r"`load_state_dict` is deprecated", r"Please use DTensor instead"):
             warnings.filterwarnings("ignore", message=message, category=FutureWarning)
         yield
-
-
-def _clear_moe_tracker() -> None:
-    from megatron.core.transformer.moe.moe_utils import clear_aux_losses_tracker
-
-    clear_aux_losses_tracker()
